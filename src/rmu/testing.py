@@ -45,7 +45,9 @@ def tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
 
 def tiny_config(architecture: str = "llama", vocab_size: int = 256, num_layers: int = 4, hidden: int = 64):
     """A config for a random model a few layers deep and ``hidden`` wide."""
-    common = dict(vocab_size=vocab_size, dtype="float32", tie_word_embeddings=False)
+    # Special ids are set by tiny_model from the tokenizer; keep the defaults (e.g. GPT-2's 50256) out.
+    common = dict(vocab_size=vocab_size, dtype="float32", tie_word_embeddings=False,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if architecture == "gpt2":
         return AutoConfig.for_model(
             "gpt2", n_layer=num_layers, n_embd=hidden, n_head=4, n_positions=512, **common

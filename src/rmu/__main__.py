@@ -1,0 +1,3 @@
+from rmu.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""``rmu eval``: multiple-choice accuracy of a checkpoint on named tasks or task files."""
+
+from __future__ import annotations
+
+import click
+
+from rmu import __version__
+from rmu.evaluate import BACKENDS, SCORINGS, evaluate, format_table, save_results
+from rmu.tasks import Task, TaskFormatError, UnknownTaskError, load_task
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_tasks(names: tuple[str, ...], backend: str, subject: str) -> list[Task | str]:
+    """Load every task before the model, so a typo fails in a second, not after loading weights."""
+    from rmu.lm_eval_backend import HARNESS_PREFIX
+
+    resolved = []
+    for name in names:
+        if backend == "lm-eval" and name.startswith(HARNESS_PREFIX):
+            resolved.append(name)
+            continue
+        try:
+            resolved.append(load_task(name, subject=subject))
+        except UnknownTaskError as error:
+            if backend == "lm-eval":  # maybe one of the harness's own tasks (wmdp_bio, ...)
+                resolved.append(name)
+                continue
+            raise click.BadParameter(
+                f"{error} Tasks of lm-evaluation-harness such as wmdp_bio need --backend lm-eval.",
+                param_hint="--task",
+            ) from None
+        except FileNotFoundError as error:
+            raise click.BadParameter(str(error), param_hint="--task") from None
+        except TaskFormatError as error:
+            raise click.ClickException(str(error)) from None
+    return resolved
+
+
+def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code: bool):
+    """``AutoModelForCausalLM`` and ``AutoTokenizer`` from a folder or a hub id, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise click.ClickException(
+            f"could not load model {model_id!r}: {error}\n(--model takes a local checkpoint folder, "
+            f"or a hub id when the hub is reachable)"
+        ) from None
+    return model.to(device).eval(), tokenizer
+
+
+@click.command(name="eval")
+@click.option("--model", "model_id", required=True, metavar="PATH_OR_HUB_ID",
+              help="Checkpoint folder or Hugging Face hub id.")
+@click.option("--task", "tasks", required=True, multiple=True, metavar="NAME_OR_FILE",
+              help="Named task (mmlu, mmlu_<subject>, mmlu_wmdp_adjacent) or a .jsonl/.json/.csv/"
+                   ".parquet file; repeat for several. With --backend lm-eval also the harness's own "
+                   "tasks (wmdp_bio, wmdp_cyber, lm-eval:mmlu; online).")
+@click.option("--scoring", type=click.Choice(SCORINGS), default="letter", show_default=True,
+              help="letter: MMLU prompt, log-likelihood of ' A'..' D'. cloze: log-likelihood of each "
+                   "answer text per character.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions of each task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="native", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Weights dtype; auto keeps the checkpoint's.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda if available, else cpu]")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code shipped with the checkpoint.")
+@click.option("--subject", default="", help="Subject for task-file questions that name none "
+                                            "(enters the letter prompt: '... about SUBJECT.').")
+@click.option("--lm-eval-task-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the harness YAMLs and data files written for local tasks here.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write results (with per-question predictions) to this JSON file.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device, trust_remote_code,
+            subject, lm_eval_task_dir, output, progress):
+    """Multiple-choice accuracy of a model on named tasks or task files."""
+    resolved = resolve_tasks(tasks, backend, subject)
+    model, tokenizer = load_model(model_id, dtype, device, trust_remote_code)
+    if backend == "lm-eval":
+        from rmu.lm_eval_backend import evaluate_with_lm_eval
+
+        results = evaluate_with_lm_eval(model, tokenizer, resolved, scoring, batch_size, limit, progress,
+                                        task_dir=lm_eval_task_dir)
+    else:
+        results = evaluate(model, tokenizer, resolved, scoring=scoring, batch_size=batch_size, limit=limit,
+                           progress=progress)
+    click.echo(format_table(results))
+    if output:
+        path = save_results(results, output, rmu_version=__version__, model=model_id, backend=backend,
+                            scoring=scoring, limit=limit, batch_size=batch_size, dtype=dtype,
+                            device=str(next(model.parameters()).device))
+        click.echo(f"results written to {path}")
+

@@ -1,0 +1,76 @@
+"""Control vectors u and the rules that scale them into forget targets (c * u).
+
+RMU uses a fixed steering coefficient c per topic. Adaptive RMU replaces c by beta * ||h_l^frozen||,
+which the paper and the authors' code read differently; both readings are here, by name:
+
+- ``first-batch`` (the authors' released code, the default): per topic, one coefficient
+  beta * mean over the topic's first forget batch of the mean per-token L2 norm of the frozen
+  layer-l hidden state (pads included, or excluded with mask_padding), fixed for the whole run.
+  The authors take it from the model being updated at that topic's first step (after one update for
+  the second topic); we take it from the frozen model, identical for the first topic.
+- ``per-sample`` (the paper's formula): every step, per forget sample,
+  beta * || mean over tokens of the frozen layer-l hidden state ||, recomputed each step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def random_control_vectors(topics: list[str], hidden_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """One unit vector per topic, entries uniform in [0, 1) before normalising (positive orthant)."""
+    generator = torch.Generator().manual_seed(seed)
+    vectors = {}
+    for topic in topics:
+        vector = torch.rand(hidden_size, generator=generator, dtype=torch.float32)
+        vectors[topic] = vector / vector.norm()
+    return vectors
+
+
+def save_control_vectors(vectors: dict[str, torch.Tensor], path: str | Path) -> None:
+    save_file({k: v.contiguous().cpu() for k, v in vectors.items()}, str(path))
+
+
+def load_control_vectors(path: str | Path, topics: list[str], hidden_size: int) -> dict[str, torch.Tensor]:
+    """Saved vectors for ``topics``; a clear error when a topic is missing or the width differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--control-vectors {path} does not exist")
+    vectors = load_file(str(path))
+    missing = [t for t in topics if t not in vectors]
+    if missing:
+        raise ValueError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(vectors)}")
+    for topic in topics:
+        if vectors[topic].shape != (hidden_size,):
+            raise ValueError(
+                f"--control-vectors {path}: vector '{topic}' has shape {tuple(vectors[topic].shape)}, "
+                f"the model's hidden size is {hidden_size}"
+            )
+    return {t: vectors[t].float() for t in topics}
+
+
+def token_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(batch, tokens, d) -> (batch, d): mean over tokens, over real tokens only when a mask is given."""
+    if mask is None:
+        return hidden.mean(dim=1)
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+
+
+def mean_token_norm(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per sample, the mean over tokens of the per-token L2 norm: (batch, tokens, d) -> (batch,)."""
+    norms = hidden.float().norm(dim=-1).unsqueeze(-1)
+    return token_mean(norms, mask).squeeze(-1)
+
+
+def first_batch_coefficient(beta: float, frozen_hidden: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """The ``first-batch`` rule: beta * mean over the batch of the mean per-token norm."""
+    return float(beta * mean_token_norm(frozen_hidden, mask).mean())
+
+
+def per_sample_coefficients(beta: float, frozen_hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The ``per-sample`` rule: beta * ||token-averaged frozen hidden state||, one per sample."""
+    return beta * token_mean(frozen_hidden.float(), mask).norm(dim=-1)
