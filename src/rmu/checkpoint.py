@@ -137,9 +137,20 @@ class OutputPlan:
 
 
 def save_model(result, folder: Path) -> None:
-    """A normal Hugging Face checkpoint of the updated model (safetensors, config, tokenizer)."""
-    result.model.save_pretrained(folder, safe_serialization=True)
-    result.tokenizer.save_pretrained(folder)
+    """A normal Hugging Face checkpoint of the updated model (safetensors, config, tokenizer).
+
+    When the engine loaded the model from a checkpoint, the source files are copied and only the
+    trained tensors rewritten (the model in memory may hold layers 0..l only). A model passed in
+    memory is saved whole.
+    """
+    if result.loaded_from_source:
+        from rmu.loading import save_patched
+
+        parameters = dict(result.model.named_parameters())
+        save_patched(result.config.model, folder, {n: parameters[n].detach() for n in result.trained_parameters})
+    else:
+        result.model.save_pretrained(folder, safe_serialization=True)
+        result.tokenizer.save_pretrained(folder)
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:

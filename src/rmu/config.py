@@ -64,6 +64,7 @@ class UnlearnConfig(BaseModel):
     resume: bool = False
     control_vectors: str | None = None
     trust_remote_code: bool = False
+    full_load: bool = False  # load the whole model instead of layers 0..l only
 
     @field_validator("forget", mode="before")
     @classmethod

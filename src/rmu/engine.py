@@ -139,6 +139,7 @@ class UnlearnResult:
     original_weights: dict[str, torch.Tensor] = field(repr=False)
     output: Path | None = None
     seconds: float = 0.0
+    loaded_from_source: bool = False  # the engine loaded config.model itself (possibly layers 0..l only)
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -180,12 +181,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _load(config: UnlearnConfig, device: torch.device):
+    """The model (layers 0..l only, unless full_load) and its tokenizer, from the config's source."""
     from rmu.loading import load_model
 
     return load_model(
-        config.model, upto_layer=config.layer, dtype=getattr(torch, config.dtype), device=device,
-        trust_remote_code=config.trust_remote_code,
+        config.model, upto_layer=None if config.full_load else config.layer, dtype=getattr(torch, config.dtype),
+        device=device, trust_remote_code=config.trust_remote_code,
     )
+
+
+def _check_layer_before_loading(config: UnlearnConfig) -> None:
+    """Catch a layer outside the model from its config alone, before the weights are read."""
+    from transformers import AutoConfig
+
+    from rmu.loading import resolve_checkpoint
+
+    model_config = AutoConfig.from_pretrained(resolve_checkpoint(config.model),
+                                              trust_remote_code=config.trust_remote_code)
+    depth = getattr(model_config.get_text_config(), "num_hidden_layers", None)
+    if isinstance(depth, int) and config.layer >= depth:
+        raise UnlearnError(f"--layer {config.layer} is outside the model: it has layers 0..{depth - 1}")
 
 
 def _freeze_all_but(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[str, bool]:
@@ -215,7 +230,9 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
     plan = checkpoint.OutputPlan.check(config)  # before anything slow: refuse a finished output
     corpora = _read_corpora(config)
     device = resolve_device(config.device)
-    if model is None:
+    loaded_from_source = model is None
+    if loaded_from_source:
+        _check_layer_before_loading(config)
         model, tokenizer = _load(config, device)
     if tokenizer is None:
         raise UnlearnError("pass the tokenizer together with the model")
@@ -271,6 +288,7 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
     result = UnlearnResult(
         config=config, model=model, tokenizer=tokenizer, records=records, coefficients=coefficients,
         control_vectors=vectors, trained_parameters=list(trained), original_weights=original,
+        loaded_from_source=loaded_from_source,
     )
     result.seconds = time.perf_counter() - started
     if config.output:

@@ -1,0 +1,68 @@
+"""``rmu unlearn``: options (or a YAML file they override) -> UnlearnConfig -> rmu.unlearn."""
+
+from __future__ import annotations
+
+import click
+
+from rmu.config import ConfigError, load_yaml, make_config, parse_topic_sources
+
+PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per topic"
+
+
+@click.command("unlearn")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
+@click.option("--model", help="Local checkpoint folder or Hugging Face hub id.")
+@click.option("--forget", multiple=True, metavar="NAME=FILE", help="Forget corpus of a topic (repeat per topic).")
+@click.option("--retain", multiple=True, metavar="FILE", help="Retain corpus: once for all topics, or once per topic.")
+@click.option("--method", type=click.Choice(["rmu", "adaptive"]))
+@click.option("--adaptive-rule", type=click.Choice(["first-batch", "per-sample"]),
+              help="Adaptive RMU coefficient: authors' code (first-batch, default) or the paper's formula (per-sample).")
+@click.option("--layer", type=int, help="Steered layer l (default 7).")
+@click.option("--update-layers", help="Comma-separated layers whose weights train (default l-2,l-1,l).")
+@click.option("--params", help="Weights trained in those layers: presets mlp-out (default), mlp, attn, layer, or globs.")
+@click.option("--steering-coeff", help=f"RMU coefficient c: {PER_TOPIC}.")
+@click.option("--beta", help=f"Adaptive RMU scale: {PER_TOPIC}.")
+@click.option("--alpha", help=f"Retain loss weight: {PER_TOPIC}.")
+@click.option("--max-len", help=f"Forget truncation in tokens: {PER_TOPIC}.")
+@click.option("--retain-max-len", type=int, help="Retain truncation in tokens (default 512).")
+@click.option("--min-len", type=int, help="Drop documents of at most this many characters (default 50).")
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--steps", type=int, help="Steps; bounded by the batches available, as in the reference.")
+@click.option("--seed", type=int)
+@click.option("--noise", type=float, help="Random noise augmentation nu of the retain target (default 0).")
+@click.option("--noise-seed", type=int)
+@click.option("--mask-padding/--no-mask-padding", default=None, help="Exclude pads from losses and norms (default off, as the reference).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--device", help="cpu, cuda, cuda:1, ... or auto (default).")
+@click.option("--output", type=click.Path(file_okay=False), help="Folder for the checkpoint, run.json and control vectors.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a finished run in --output.")
+@click.option("--save-every", type=int, help="Save resumable state every N steps.")
+@click.option("--resume", is_flag=True, default=None, help="Continue the interrupted run in --output.")
+@click.option("--control-vectors", type=click.Path(dir_okay=False), help="Reuse saved control vectors (safetensors).")
+@click.option("--trust-remote-code", is_flag=True, default=None)
+@click.option("--full-load", is_flag=True, default=None, help="Load the whole model (default: layers 0..l only).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(config_file, forget, retain, quiet, **flags):
+    """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""
+    from rmu.engine import UnlearnError, unlearn
+
+    try:
+        values = load_yaml(config_file) if config_file else {}
+        if forget:
+            values["forget"] = parse_topic_sources(list(forget))
+        if retain:
+            values["retain"] = list(retain)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        missing = [f"--{k}" for k in ("model", "forget", "retain") if k not in values]
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
+        config = make_config(values)
+        result = unlearn(config, progress=not quiet)
+    except (ConfigError, UnlearnError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    last = result.records[-1] if result.records else {}
+    click.echo(f"{len(result.records)} steps in {result.seconds:.1f} s; last forget loss "
+               f"{last.get('forget_loss', float('nan')):.4g}, retain loss {last.get('retain_loss', float('nan')):.4g}")
+    if result.output:
+        click.echo(f"checkpoint, run.json and control vectors written to {result.output}")
