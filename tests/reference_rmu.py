@@ -55,7 +55,7 @@ def mse(prediction, target, mask=None):
 def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_vectors, trained_names, *,
                       layer, steps, method="rmu", rule="first-batch", steering_coeff=(6.5,), beta=(5.0,),
                       alpha=(1200.0,), max_len=(512,), retain_max_len=512, lr=5e-5, mask_padding=False,
-                      noise=0.0, noise_seed=0):
+                      noise=0.0, noise_seed=0, on_step=None):
     """Returns (per-step [(forget_loss, retain_loss)], updated model).
 
     forget_batches[t][b] / retain_batches[t][b]: lists of texts; control_vectors[t]: unit vectors.
@@ -63,7 +63,7 @@ def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "right"
-    frozen_model = copy.deepcopy(model).eval()
+    frozen_model = model.eval()  # never trained, so the caller's model serves as the frozen copy
     updated_model = copy.deepcopy(model).eval()
     frozen_module = decoder_layers(frozen_model)[layer]
     updated_module = decoder_layers(updated_model)[layer]
@@ -120,4 +120,6 @@ def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_
         loss.backward()
         optimizer.step()
         losses.append((forget_loss.item(), retain_loss.item()))
+        if on_step is not None:
+            on_step(step)
     return losses, updated_model

@@ -14,6 +14,7 @@ from rmu import __version__
 # Module name -> command name. Imported lazily so ``rmu --help`` stays fast.
 _COMMANDS = {
     "unlearn": "unlearn",
+    "eval": "eval",
 }
 
 

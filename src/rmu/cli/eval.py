@@ -67,7 +67,8 @@ def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code:
 @click.option("--scoring", type=click.Choice(SCORINGS), default="letter", show_default=True,
               help="letter: MMLU prompt, log-likelihood of ' A'..' D'. cloze: log-likelihood of each "
                    "answer text per character.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions of each task.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N questions of each task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="native", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
@@ -89,8 +90,11 @@ def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device,
     if backend == "lm-eval":
         from rmu.lm_eval_backend import evaluate_with_lm_eval
 
-        results = evaluate_with_lm_eval(model, tokenizer, resolved, scoring, batch_size, limit, progress,
-                                        task_dir=lm_eval_task_dir)
+        try:
+            results = evaluate_with_lm_eval(model, tokenizer, resolved, scoring, batch_size, limit, progress,
+                                            task_dir=lm_eval_task_dir)
+        except (UnknownTaskError, RuntimeError) as error:
+            raise click.ClickException(str(error)) from None
     else:
         results = evaluate(model, tokenizer, resolved, scoring=scoring, batch_size=batch_size, limit=limit,
                            progress=progress)
