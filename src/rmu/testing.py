@@ -39,8 +39,7 @@ def tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
-    return fast
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")
 
 
 def tiny_config(architecture: str = "llama", vocab_size: int = 256, num_layers: int = 4, hidden: int = 64):
@@ -70,7 +69,9 @@ def tiny_config(architecture: str = "llama", vocab_size: int = 256, num_layers: 
 def tiny_model(architecture: str = "llama", seed: int = 0, **config_overrides):
     """A random-weight causal LM (float32, eval mode) plus its tokenizer."""
     tokenizer = tiny_tokenizer()
-    config = tiny_config(architecture, vocab_size=len(tokenizer), **config_overrides)
+    # Headroom rows: AutoTokenizer may reload the tokenizer as the architecture's own class (Qwen2's
+    # adds <|endoftext|>), and every id it can produce must have an embedding.
+    config = tiny_config(architecture, vocab_size=len(tokenizer) + 7, **config_overrides)
     config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()

@@ -1,0 +1,394 @@
+"""Load only the part of a checkpoint that RMU needs, and save a patched checkpoint cheaply.
+
+RMU reads the hidden state that decoder layer ``l`` outputs and trains a few weights at or below
+``l``. Everything above ``l`` (later layers, the LM head) is dead weight, so
+``load_model(source, upto_layer=l)`` builds the model on the meta device, drops the decoder layers
+above ``l`` and materialises only the tensors left, read one by one from the safetensors shards.
+Peak memory then grows with ``l``, not with the depth of the model.
+
+The truncated model is an ordinary ``nn.Module`` of the same class as the full one:
+
+* embeddings, decoder layers ``0..l`` and the final norm hold the checkpoint's values;
+* the decoder ``ModuleList`` holds ``l + 1`` layers (the config still describes the full model);
+* the LM head is replaced by :class:`OmittedLMHead`, which has no weights and returns zero-width
+  logits. Tied embeddings stay intact: the input embedding matrix is loaded once.
+
+It is good for reading and training layer ``l``'s output (read it with a forward hook on
+``find_structure(model).layers[l]``, which is what the engine does; the last entry of
+``output_hidden_states`` may carry the final norm on some architectures). It is not a language
+model: no logits, no loss, no ``generate``. Save the result with :func:`save_patched`, which
+writes a complete checkpoint from the source files plus the changed tensors.
+
+Only safetensors checkpoints are read (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from rmu.structure import find_structure
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# What a hub id looks like: "name" or "owner/name". Anything else is taken as a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# Files worth fetching from the hub: configs, tokenizer files, safetensors shards, remote code.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found, read or patched as asked."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the checkpoint and its tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """The local folder holding ``source``: a folder as is, otherwise a hub id downloaded once."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    text = str(source)
+    looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if looks_local or not _HUB_ID.match(text):
+        raise CheckpointError(f"checkpoint folder not found: {text}")
+    return _download_from_hub(text)
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as error:  # offline, unknown id, gated repo: all end the same way for the user
+        raise CheckpointError(
+            f"could not get '{repo_id}' from the Hugging Face hub ({type(error).__name__}: {error}). "
+            "If you are offline or the id is wrong, pass the path of a local checkpoint folder instead."
+        ) from error
+
+
+def checkpoint_weight_map(folder: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from the shard index or the single safetensors file."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        return dict(json.loads(index.read_text())["weight_map"])
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        with safe_open(single, framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), SINGLE_FILE)
+    raise CheckpointError(
+        f"no {SINGLE_FILE} or {INDEX_FILE} in {folder}; rmu reads safetensors checkpoints only "
+        "(convert .bin checkpoints with save_pretrained first)"
+    )
+
+
+def _checkpoint_key(name: str, keys) -> str | None:
+    """The checkpoint key of model tensor ``name``.
+
+    Usually the same name; checkpoints saved from the base model (GPT-2 on the hub: ``h.0...``
+    for ``transformer.h.0...``) lack the first component, and the reverse happens too.
+    """
+    if name in keys:
+        return name
+    rest = name.partition(".")[2]
+    if rest in keys:
+        return rest
+    for key in keys:
+        if key.partition(".")[2] == name:
+            return key
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+class OmittedLMHead(nn.Module):
+    """Stands in for the LM head of a truncated model: no weights, zero-width logits.
+
+    Keeps the model's forward runnable (e.g. when a hook has already taken layer l's output)
+    while making any use of the logits fail loudly instead of silently computing nonsense.
+    """
+
+    def __init__(self, vocab_size: int | None = None):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    upto_layer: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load ``(model, tokenizer)`` from a folder or hub id; ``upto_layer=l`` loads layers 0..l only.
+
+    With ``upto_layer=None`` this is the plain ``AutoModelForCausalLM.from_pretrained``. With
+    ``upto_layer=l`` the model keeps decoder layers ``0..l`` and no LM head (see the module doc);
+    only those tensors are read from the shards.
+    """
+    folder = resolve_checkpoint(source)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    if upto_layer is None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+        return model.to(device).eval(), tokenizer
+    model = _load_truncated(folder, upto_layer, dtype, torch.device(device), trust_remote_code)
+    return model, tokenizer
+
+
+def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer; EOS doubles as the pad token when there is none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_truncated(folder: Path, upto_layer: int, dtype, device, trust_remote_code) -> nn.Module:
+    weight_map = checkpoint_weight_map(folder)
+    model = _build_skeleton(folder, dtype, trust_remote_code)
+    _drop_layers_above(model, upto_layer)
+    _omit_lm_head(model)
+    _materialise_from_shards(model, folder, weight_map, dtype, device)
+    model.to(device)  # buffers were built on the CPU; parameters are already in place
+    model.rmu_truncated_at_layer = upto_layer
+    return model.eval()
+
+
+def _build_skeleton(folder: Path, dtype, trust_remote_code) -> nn.Module:
+    """The full model with every parameter on the meta device (no memory) and real buffers.
+
+    The full config is kept (not a reduced layer count) so that per-layer config lists such as
+    Gemma 3's ``layer_types`` stay consistent; buffers (rotary tables, masks) are computed by
+    the model's own constructor, exactly as in a full load.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _drop_layers_above(model: nn.Module, upto_layer: int) -> None:
+    layers = find_structure(model).layers
+    if not 0 <= upto_layer < len(layers):
+        raise ValueError(f"upto_layer must be between 0 and {len(layers) - 1}, got {upto_layer}")
+    del layers[upto_layer + 1 :]
+
+
+def _omit_lm_head(model: nn.Module) -> None:
+    """Replace the output head (found through the model's own accessor) by OmittedLMHead."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is None:
+        return  # nothing known to omit: the head is then loaded like any other module
+    for name, module in model.named_modules():
+        if module is head:
+            parent_name, _, attribute = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attribute, OmittedLMHead(getattr(head, "out_features", None)))
+            return
+
+
+def _materialise_from_shards(model: nn.Module, folder: Path, weight_map, dtype, device) -> None:
+    """Replace every meta tensor of ``model`` by its checkpoint value, one tensor at a time.
+
+    safetensors maps the shard into memory, and the pages a tensor touches count as resident
+    while the shard stays open; opening it per tensor releases them as soon as that tensor is
+    converted, so the peak is the loaded part plus one tensor, not plus the whole shard.
+    """
+    keep_fp32 = _keep_in_fp32_patterns(model, dtype)
+    planned, missing = [], []
+    for names in _tensor_aliases(model).values():
+        key = next((k for k in (_checkpoint_key(n, weight_map) for n in names) if k), None)
+        if key is None:
+            missing.append(names[0])
+        else:
+            planned.append((names, key))
+    _fail_on_missing(model, missing)  # before reading anything: fail fast on a foreign layout
+    for names, key in planned:
+        with safe_open(folder / weight_map[key], framework="pt") as handle:
+            value = handle.get_tensor(key)
+        target_dtype = torch.float32 if any(p in names[0] for p in keep_fp32) else dtype
+        if not value.is_floating_point():
+            target_dtype = value.dtype  # integer buffers (position ids) keep their type
+        _place(model, names, value.to(device=device, dtype=target_dtype))
+
+
+def _tensor_aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every parameter and persistent buffer, with all names it has (tied weights have several)."""
+    aliases: dict[int, list[str]] = defaultdict(list)
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        aliases[id(tensor)].append(name)
+    persistent = set(model.state_dict(keep_vars=True))
+    for name, tensor in model.named_buffers(remove_duplicate=False):
+        if name in persistent:
+            aliases[id(tensor)].append(name)
+    return aliases
+
+
+def _fail_on_missing(model: nn.Module, missing: list[str]) -> None:
+    # Real buffers absent from the checkpoint keep their computed value; meta tensors cannot.
+    unloadable = [n for n in missing if _get_tensor(model, n).is_meta]
+    if unloadable:
+        shown = ", ".join(unloadable[:5]) + (" ..." if len(unloadable) > 5 else "")
+        raise CheckpointError(
+            f"the checkpoint has no tensor for {shown}; its names differ from the model's. "
+            "Load it whole with upto_layer=None."
+        )
+
+
+def _keep_in_fp32_patterns(model: nn.Module, dtype) -> list[str]:
+    """Modules transformers keeps in float32 at 16-bit precision (same rule as from_pretrained)."""
+    patterns = []
+    if dtype == torch.float16:
+        patterns += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    if dtype in (torch.float16, torch.bfloat16):
+        patterns += list(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    return patterns
+
+
+def _get_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    module_name, _, attribute = name.rpartition(".")
+    return getattr(model.get_submodule(module_name) if module_name else model, attribute)
+
+
+def _place(model: nn.Module, names: list[str], value: torch.Tensor) -> None:
+    """Put ``value`` under every name of one tensor, so tied weights stay one shared tensor."""
+    old = _get_tensor(model, names[0])
+    if tuple(old.shape) != tuple(value.shape):
+        raise CheckpointError(f"{names[0]}: checkpoint shape {tuple(value.shape)} != model {tuple(old.shape)}")
+    new = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+    for name in names:
+        module_name, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if isinstance(old, nn.Parameter):
+            module._parameters[attribute] = new
+        else:
+            module._buffers[attribute] = new
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def save_patched(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    changed: dict[str, torch.Tensor],
+    *,
+    hardlink: bool = False,
+) -> Path:
+    """Write ``source`` with the ``changed`` tensors replaced to ``output_dir``; returns it.
+
+    Nothing but the shards holding changed tensors is loaded, one shard at a time. Every other
+    file (config, tokenizer, untouched shards, the index) is copied as is, so the index stays
+    valid: names, shapes and dtypes do not change (changed tensors are cast to the checkpoint's
+    dtype). ``hardlink=True`` links untouched files instead of copying them; use it only when
+    the source files will not be modified in place afterwards (a link shares the file).
+    ``changed`` keys are model parameter names (``model.named_parameters()``).
+    """
+    folder = resolve_checkpoint(source)
+    output = Path(output_dir)
+    if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
+        raise CheckpointError("output_dir must differ from the source checkpoint folder and lie outside it")
+    weight_map = checkpoint_weight_map(folder)
+    by_shard = _changed_by_shard(changed, weight_map)
+    output.mkdir(parents=True, exist_ok=True)
+    _copy_untouched(folder, output, skip=set(by_shard), hardlink=hardlink)
+    for shard, replacements in by_shard.items():
+        _rewrite_shard(folder / shard, output / shard, replacements)
+    return output
+
+
+def _changed_by_shard(changed: dict[str, torch.Tensor], weight_map) -> dict[str, dict[str, torch.Tensor]]:
+    by_shard: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    unknown = []
+    for name, tensor in changed.items():
+        key = _checkpoint_key(name, weight_map)
+        if key is None:
+            unknown.append(name)
+        else:
+            by_shard[weight_map[key]][key] = tensor
+    if unknown:
+        raise CheckpointError(
+            f"not in the checkpoint: {', '.join(unknown)} (names must be those of "
+            "model.named_parameters() for tensors that the checkpoint stores)"
+        )
+    return dict(by_shard)
+
+
+def _copy_untouched(folder: Path, output: Path, skip: set[str], hardlink: bool) -> None:
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_dir() or relative.as_posix() in skip or relative.parts[0].startswith("."):
+            continue  # hidden entries: hub cache metadata, editor files
+        target = output / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target.unlink()  # never write through an old hard link into someone else's file
+        if hardlink and _try_link(path.resolve(), target):
+            continue
+        shutil.copyfile(path, target)  # follows hub symlinks to their blobs
+
+
+def _try_link(path: Path, target: Path) -> bool:
+    try:
+        os.link(path, target)
+        return True
+    except OSError:  # other file system, no permission: copying is always fine
+        return False
+
+
+def _rewrite_shard(source_shard: Path, target_shard: Path, replacements: dict[str, torch.Tensor]) -> None:
+    """Read one shard, swap the replaced tensors (in the shard's dtype), write it atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(source_shard, framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        for key in handle.keys():
+            tensors[key] = handle.get_tensor(key)
+    for key, value in replacements.items():
+        original = tensors[key]
+        if tuple(value.shape) != tuple(original.shape):
+            raise CheckpointError(f"{key}: new shape {tuple(value.shape)} != checkpoint {tuple(original.shape)}")
+        tensors[key] = value.detach().to(device="cpu", dtype=original.dtype).contiguous()
+    metadata.setdefault("format", "pt")
+    handle, temporary = tempfile.mkstemp(dir=target_shard.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        if target_shard.exists():
+            target_shard.unlink()
+        os.replace(temporary, target_shard)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
