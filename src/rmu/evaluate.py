@@ -372,3 +372,22 @@ def unique_name(name: str, taken) -> str:
         number += 1
         candidate = f"{name}_{number}"
     return candidate
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, progress: bool = True) -> float:
+    """Token-level perplexity of ``texts``, each scored after the EOS token as its only context.
+
+    Every token of a text counts (lm-eval's rolling log-likelihood with one prefix token); the
+    result is exp(total negative log-likelihood / total tokens) over all texts.
+    """
+    prefix = tokenizer.eos_token or tokenizer.bos_token
+    if prefix is None:
+        raise ValueError("perplexity needs a tokenizer with an EOS or BOS token to start each text")
+    pairs = [(prefix, text) for text in texts]
+    counts = [len(encode_pair(tokenizer, prefix, text)[1]) for text in texts]
+    total = loglikelihoods(model, tokenizer, pairs, batch_size=batch_size, progress=progress, desc="perplexity")
+    return math.exp(-sum(total) / sum(counts))

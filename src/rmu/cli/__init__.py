@@ -15,6 +15,7 @@ from rmu import __version__
 _COMMANDS = {
     "unlearn": "unlearn",
     "eval": "eval",
+    "demo": "demo",
 }
 
 
