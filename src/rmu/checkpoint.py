@@ -25,7 +25,7 @@ from rmu.config import ConfigError, UnlearnConfig
 RUN_FILE = "run.json"
 VECTORS_FILE = "control_vectors.safetensors"
 # Options that may differ between an interrupted run and its resumption.
-_RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_every", "device"}
+_RESUME_FREE_OPTIONS = {"resume", "overwrite", "save_every", "device", "gradient_checkpointing"}
 
 
 def is_finished_run(folder: Path) -> bool:
@@ -53,8 +53,11 @@ class OutputPlan:
         return self.work / "resume"
 
     @classmethod
-    def check(cls, config: UnlearnConfig) -> "OutputPlan":
-        """Refuse, before any slow work, outputs that would clobber a result or lose a partial run."""
+    def check(cls, config: UnlearnConfig, may_delete: bool = True) -> "OutputPlan":
+        """Refuse, before any slow work, outputs that would clobber a result or lose a partial run.
+
+        ``may_delete=False`` (ranks other than 0) checks the same but leaves clearing to rank 0.
+        """
         if config.output is None:
             if config.resume or config.save_every:
                 raise ConfigError("--resume and --save-every need --output")
@@ -76,7 +79,8 @@ class OutputPlan:
                 raise ConfigError(
                     f"{plan.work} holds an interrupted run; pass --resume to continue it or --overwrite to start over"
                 )
-            shutil.rmtree(plan.work)
+            if may_delete:
+                shutil.rmtree(plan.work, ignore_errors=True)
         return plan
 
     def _check_same_run(self) -> None:
@@ -147,7 +151,8 @@ def save_model(result, folder: Path) -> None:
         from rmu.loading import save_patched
 
         parameters = dict(result.model.named_parameters())
-        save_patched(result.config.model, folder, {n: parameters[n].detach() for n in result.trained_parameters})
+        changed = result.final_weights or {n: parameters[n].detach() for n in result.trained_parameters}
+        save_patched(result.config.model, folder, changed)
     else:
         result.model.save_pretrained(folder, safe_serialization=True)
         result.tokenizer.save_pretrained(folder)

@@ -65,6 +65,8 @@ class UnlearnConfig(BaseModel):
     control_vectors: str | None = None
     trust_remote_code: bool = False
     full_load: bool = False  # load the whole model instead of layers 0..l only
+    gradient_checkpointing: bool = False  # recompute the updated layers in backward (less memory)
+    fsdp: bool = False  # shard the updated layers across ranks with FSDP2 (under torchrun)
 
     @field_validator("forget", mode="before")
     @classmethod
@@ -123,6 +125,8 @@ class UnlearnConfig(BaseModel):
             raise ValueError("--max-len must be positive")
         if self.noise < 0 or self.save_every < 0:
             raise ValueError("--noise and --save-every must be 0 or more")
+        if self.fsdp and (self.save_every or self.resume):
+            raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self
 
     @property

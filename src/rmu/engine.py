@@ -13,10 +13,25 @@ hidden state. Here, per batch:
 So the model is held once, plus a copy of only the trained tensors; nothing above layer l runs;
 only the trained tensors get gradients. The arithmetic is the reference's (tests/reference_rmu.py
 checks it step by step).
+
+Precision and memory switches:
+
+* ``dtype`` (float32, bfloat16, float16) is the dtype the model is loaded and run in. Losses are
+  always accumulated in float32 (``masked_mse``). In half precision the optimizer steps float32
+  master copies of the trained tensors (AdamW moments in float32 too) and copies them back into
+  the model after each step: at lr 5e-5 most updates are below bfloat16's rounding step (2^-8
+  relative) and would be lost if AdamW stepped the half-precision tensors directly. float16 has
+  no loss scaling here, so small gradients may underflow: prefer bfloat16.
+* ``gradient_checkpointing`` keeps only each updated layer's input during the forward pass and
+  recomputes the layer in backward (``torch.utils.checkpoint``, non-reentrant): the activation
+  memory of layers first..l no longer grows with their count, for one extra forward of them.
+  Same numbers as without.
+* Running across processes (DDP, FSDP2): see :mod:`rmu.distributed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rmu import checkpoint, rules
+from rmu import checkpoint, distributed, rules
 from rmu.config import UnlearnConfig
 from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
 from rmu.structure import ModelStructure, find_structure, select_parameters
@@ -67,12 +82,42 @@ class LayerRunner:
     """Runs layers 0..l of a model: frozen (original weights, no grad) or updated (with grad)."""
 
     def __init__(self, model: nn.Module, structure: ModelStructure, first: int, last: int,
-                 frozen_weights: dict[str, torch.Tensor]):
+                 frozen_weights: dict[str, torch.Tensor], gradient_checkpointing: bool = False):
         self.model = model
-        self.layers = [structure.layers[i] for i in range(first, last + 1)]
+        self.decoder_layers = structure.layers
+        self.first = first
+        self.stack = distributed.UpdatedLayers([structure.layers[i] for i in range(first, last + 1)],
+                                               gradient_checkpointing)
+        self.updated_module: nn.Module = self.stack  # DDP / FSDP wrap it when distributed
         self.frozen_weights = frozen_weights
+        self.frozen_copy: list[nn.Module] | None = None  # under FSDP, runs in place of layers first..l
+
+    def distribute(self, ranks: distributed.Ranks, fsdp: bool) -> None:
+        """Wrap the updated layers for data-parallel (DDP) or sharded (FSDP2) training."""
+        if fsdp:
+            self.updated_module, self.frozen_copy = distributed.shard_updated_layers(self.stack, ranks)
+        elif ranks.distributed:
+            self.updated_module = distributed.wrap_data_parallel(self.stack, ranks)
+
+    @contextlib.contextmanager
+    def _frozen_layers_in_place(self):
+        if self.frozen_copy is None:
+            yield list(self.stack.layers), self.frozen_weights
+            return
+        updated = list(self.stack.layers)
+        for offset, layer in enumerate(self.frozen_copy):
+            self.decoder_layers[self.first + offset] = layer
+        try:
+            yield self.frozen_copy, {}
+        finally:
+            for offset, layer in enumerate(updated):
+                self.decoder_layers[self.first + offset] = layer
 
     def frozen(self, batch: TokenBatch) -> FrozenPass:
+        with self._frozen_layers_in_place() as (layers, weights):
+            return self._frozen_pass(batch, layers, weights)
+
+    def _frozen_pass(self, batch: TokenBatch, layers: list[nn.Module], weights: dict) -> FrozenPass:
         calls: list[_LayerCall] = []
         captured: dict[str, torch.Tensor] = {}
 
@@ -87,12 +132,12 @@ class LayerRunner:
             captured["output"] = _layer_output(output)
             raise _StopForward
 
-        handles = [layer.register_forward_pre_hook(record_inputs, with_kwargs=True) for layer in self.layers]
-        handles.append(self.layers[-1].register_forward_hook(record_output_and_stop, with_kwargs=True))
+        handles = [layer.register_forward_pre_hook(record_inputs, with_kwargs=True) for layer in layers]
+        handles.append(layers[-1].register_forward_hook(record_output_and_stop, with_kwargs=True))
         try:
             with torch.no_grad():
                 torch.func.functional_call(
-                    self.model, self.frozen_weights, (),
+                    self.model, weights, (),
                     {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False},
                     strict=False,
                 )
@@ -106,14 +151,7 @@ class LayerRunner:
         return FrozenPass(captured["hidden_in"], calls, captured["output"])
 
     def updated(self, frozen: FrozenPass) -> torch.Tensor:
-        hidden = frozen.hidden_in
-        for layer, call in zip(self.layers, frozen.calls):
-            if call.hidden_is_keyword:
-                output = layer(*call.args, hidden_states=hidden, **call.kwargs)
-            else:
-                output = layer(hidden, *call.args, **call.kwargs)
-            hidden = _layer_output(output)
-        return hidden
+        return self.updated_module(frozen.hidden_in, frozen.calls)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -140,6 +178,8 @@ class UnlearnResult:
     output: Path | None = None
     seconds: float = 0.0
     loaded_from_source: bool = False  # the engine loaded config.model itself (possibly layers 0..l only)
+    # The trained tensors, whole: views of the model's own (gathered copies under FSDP).
+    final_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -213,6 +253,36 @@ def _freeze_all_but(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[
     return previous
 
 
+class TrainedTensors:
+    """The trained tensors in the model and the float32 copies the optimizer steps.
+
+    For a float32 model the copies are the model's own parameters; in half precision they are
+    float32 master copies (see the module docstring for why).
+    """
+
+    def __init__(self, in_model: dict[str, nn.Parameter]):
+        self.in_model = in_model
+        self.has_master = any(p.dtype != torch.float32 for p in in_model.values())
+        self.master = (
+            {n: nn.Parameter(p.detach().float()) for n, p in in_model.items()} if self.has_master else in_model
+        )
+
+    def zero_grad(self) -> None:
+        for parameter in {*self.in_model.values(), *self.master.values()}:
+            parameter.grad = None
+
+    def gradients_to_master(self) -> None:
+        if self.has_master:
+            for name, parameter in self.in_model.items():
+                self.master[name].grad = parameter.grad.float()
+
+    def master_to_model(self) -> None:
+        if self.has_master:
+            with torch.no_grad():
+                for name, parameter in self.in_model.items():
+                    parameter.copy_(self.master[name])
+
+
 def _make_optimizer(parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     # The reference used transformers' old AdamW defaults: no weight decay, eps 1e-6.
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0, eps=1e-6)
@@ -224,12 +294,24 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
 
     With ``model``/``tokenizer`` given, they are used (and updated in place) instead of loading
     ``config.model``. With ``config.output`` set, a complete checkpoint is written there atomically.
-    ``callbacks`` receive each step's record (an exception raised by one stops the run).
+    ``callbacks`` receive each step's record (an exception raised by one stops the run). Launched by
+    torchrun, every rank calls this and gets the same records (see :mod:`rmu.distributed`).
     """
+    with distributed.session(config.device) as ranks:
+        return _unlearn(config, ranks, model, tokenizer, callbacks, progress and ranks.is_main)
+
+
+def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module | None, tokenizer,
+             callbacks: tuple[Callback, ...], progress: bool) -> UnlearnResult:
     started = time.perf_counter()
-    plan = checkpoint.OutputPlan.check(config)  # before anything slow: refuse a finished output
+    # Before anything slow: refuse a finished output. Only rank 0 clears an old partial run.
+    plan = checkpoint.OutputPlan.check(config, may_delete=ranks.is_main)
+    if config.fsdp and not ranks.distributed:
+        raise UnlearnError("--fsdp shards the updated layers across processes: launch with --nproc N or torchrun")
+    if config.fsdp and model is not None:
+        raise UnlearnError("--fsdp needs the engine to load config.model itself, not a model passed in memory")
     corpora = _read_corpora(config)
-    device = resolve_device(config.device)
+    device = ranks.device
     loaded_from_source = model is None
     if loaded_from_source:
         _check_layer_before_loading(config)
@@ -246,7 +328,11 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
     trained = select_parameters(model, structure, config.update_layers, config.params)
     original = {name: p.detach().clone() for name, p in trained.items()}
     previous_flags = _freeze_all_but(model, trained)
-    runner = LayerRunner(model, structure, config.update_layers[0], config.layer, original)
+    runner = LayerRunner(model, structure, config.update_layers[0], config.layer, original,
+                         config.gradient_checkpointing)
+    runner.distribute(ranks, config.fsdp)
+    parameters = dict(model.named_parameters())  # FSDP replaced the trained parameters by shards
+    tensors = TrainedTensors({name: parameters[name] for name in trained})
 
     topics = config.topics
     if config.control_vectors:
@@ -257,13 +343,15 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
     batches = _tokenize_needed(corpora, tokenizer, config, steps)
     coefficients = _fixed_coefficients(config, runner, batches, device)
 
-    optimizer = _make_optimizer(list(trained.values()), config.lr)
+    optimizer = _make_optimizer(list(tensors.master.values()), config.lr)
     noise = torch.Generator().manual_seed(config.noise_seed if config.noise_seed is not None else config.seed)
     records: list[dict] = []
     start = 0
     if plan.resuming:
-        start, records = plan.load_state(trained, optimizer, noise)
-    plan.begin(vectors)
+        start, records = plan.load_state(tensors.master, optimizer, noise)
+        tensors.master_to_model()
+    if ranks.is_main:
+        plan.begin(vectors)
 
     targets = {t: vectors[t].to(device, torch.float32) for t in topics}
     bar = tqdm(range(start, steps), total=steps, initial=start, desc="unlearning", disable=not progress)
@@ -271,28 +359,31 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
         for step in bar:
             topic_index = step % len(topics)
             forget_batch, retain_batch = (b.to(device) for b in batches[topic_index][step // len(topics)])
-            record = _step(config, runner, optimizer, noise, step, topics[topic_index], topic_index,
+            record = _step(config, runner, tensors, optimizer, noise, ranks, step, topics[topic_index], topic_index,
                            forget_batch, retain_batch, targets[topics[topic_index]], coefficients)
             records.append(record)
             bar.set_postfix(topic=record["topic"], forget=f"{record['forget_loss']:.4g}",
                             retain=f"{record['retain_loss']:.4g}", coeff=f"{record['coeff']:.4g}")
             for callback in callbacks:
                 callback(record)
-            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < steps:
-                plan.save_state(step + 1, records, trained, optimizer, noise)
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < steps and ranks.is_main:
+                plan.save_state(step + 1, records, tensors.master, optimizer, noise)
     finally:
         bar.close()
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(previous_flags[name])
+            parameter.requires_grad_(previous_flags.get(name, parameter.requires_grad))
 
     result = UnlearnResult(
         config=config, model=model, tokenizer=tokenizer, records=records, coefficients=coefficients,
         control_vectors=vectors, trained_parameters=list(trained), original_weights=original,
         loaded_from_source=loaded_from_source,
+        # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
+        final_weights={n: distributed.full_tensor(p.detach()) for n, p in tensors.in_model.items()},
     )
     result.seconds = time.perf_counter() - started
     if config.output:
-        result.output = plan.finish(result, structure)
+        result.output = plan.finish(result, structure) if ranks.is_main else plan.output
+        ranks.barrier()  # no rank returns before the checkpoint exists
     return result
 
 
@@ -330,9 +421,14 @@ def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, dev
     return coefficients
 
 
-def _step(config: UnlearnConfig, runner: LayerRunner, optimizer, noise: torch.Generator, step: int,
-          topic: str, topic_index: int, forget: TokenBatch, retain: TokenBatch, u: torch.Tensor,
-          coefficients: dict[str, float | None]) -> dict:
+def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, optimizer, noise: torch.Generator,
+          ranks: distributed.Ranks, step: int, topic: str, topic_index: int, forget: TokenBatch,
+          retain: TokenBatch, u: torch.Tensor, coefficients: dict[str, float | None]) -> dict:
+    # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
+    forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
+    forget_share = ranks.share(forget_rows, forget.attention_mask if config.mask_padding else None)
+    retain_share = ranks.share(retain_rows, retain.attention_mask if config.mask_padding else None)
+    forget, retain = _rows(forget, forget_share.rows), _rows(retain, retain_share.rows)
     forget_mask = forget.attention_mask if config.mask_padding else None
     retain_mask = retain.attention_mask if config.mask_padding else None
     frozen_forget = runner.frozen(forget)
@@ -346,20 +442,32 @@ def _step(config: UnlearnConfig, runner: LayerRunner, optimizer, noise: torch.Ge
 
     retain_target = frozen_retain.output.float()
     if config.noise > 0:
-        sample = torch.randn(retain_target.shape, generator=noise, dtype=torch.float32)
+        # The whole batch's noise on every rank (same generator state), then this rank's rows.
+        shape = (retain_rows, *retain_target.shape[1:])
+        sample = torch.randn(shape, generator=noise, dtype=torch.float32)[retain_share.rows]
         retain_target = retain_target + config.noise * sample.to(retain_target.device)
 
-    optimizer.zero_grad(set_to_none=True)
-    # Two backward passes (forget, then retain) sum the same gradient with half the live activations.
-    updated_forget = runner.updated(frozen_forget)
-    forget_loss = masked_mse(updated_forget, forget_target, forget_mask)
-    _check_finite(forget_loss, "forget", step, topic)
-    forget_loss.backward()
+    tensors.zero_grad()
+    # Two backward passes (forget, then retain) sum the same gradient with half the live activations;
+    # gradients are averaged across ranks once, in the second.
+    gradient_scale = ranks.world_size  # DDP / FSDP divide the summed gradients by the world size
+    with distributed.without_gradient_sync(runner.updated_module):
+        updated_forget = runner.updated(frozen_forget)
+        forget_error = masked_mse(updated_forget, forget_target, forget_mask)
+        forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
+        _check_finite(forget_loss, "forget", step, topic)
+        (forget_error * (forget_share.weight * gradient_scale)).backward()
     updated_retain = runner.updated(frozen_retain)
-    retain_loss = config.alpha[topic_index] * masked_mse(updated_retain, retain_target, retain_mask)
+    retain_error = config.alpha[topic_index] * masked_mse(updated_retain, retain_target, retain_mask)
+    retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
     _check_finite(retain_loss, "retain", step, topic)
-    retain_loss.backward()
+    (retain_error * (retain_share.weight * gradient_scale)).backward()
+    tensors.gradients_to_master()
     optimizer.step()
+    tensors.master_to_model()
+
+    def batch_mean(per_row: torch.Tensor) -> float:
+        return float(ranks.sum(per_row[: forget_share.count].float().sum()) / forget_rows)
 
     real = forget.attention_mask
     return {
@@ -367,10 +475,14 @@ def _step(config: UnlearnConfig, runner: LayerRunner, optimizer, noise: torch.Ge
         "topic": topic,
         "forget_loss": forget_loss.item(),
         "retain_loss": retain_loss.item(),
-        "coeff": float(coeff.mean()),
-        "forget_norm": float(rules.mean_token_norm(updated_forget.detach(), real).mean()),
-        "frozen_forget_norm": float(rules.mean_token_norm(frozen_forget.output, real).mean()),
+        "coeff": batch_mean(coeff),
+        "forget_norm": batch_mean(rules.mean_token_norm(updated_forget.detach(), real)),
+        "frozen_forget_norm": batch_mean(rules.mean_token_norm(frozen_forget.output, real)),
     }
+
+
+def _rows(batch: TokenBatch, rows: slice) -> TokenBatch:
+    return TokenBatch(batch.input_ids[rows], batch.attention_mask[rows])
 
 
 def _check_finite(loss: torch.Tensor, which: str, step: int, topic: str) -> None:

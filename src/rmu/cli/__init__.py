@@ -16,6 +16,9 @@ _COMMANDS = {
     "unlearn": "unlearn",
     "eval": "eval",
     "demo": "demo",
+    "sweep": "sweep",
+    "analyze": "analyze",
+    "report": "report",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from rmu.config import ConfigError, load_yaml, make_config, parse_topic_sources
@@ -33,7 +35,8 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--noise", type=float, help="Random noise augmentation nu of the retain target (default 0).")
 @click.option("--noise-seed", type=int)
 @click.option("--mask-padding/--no-mask-padding", default=None, help="Exclude pads from losses and norms (default off, as the reference).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Model dtype (default float32); losses and the optimizer's copies of trained weights stay float32.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... or auto (default).")
 @click.option("--output", type=click.Path(file_okay=False), help="Folder for the checkpoint, run.json and control vectors.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a finished run in --output.")
@@ -42,8 +45,13 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--control-vectors", type=click.Path(dir_okay=False), help="Reuse saved control vectors (safetensors).")
 @click.option("--trust-remote-code", is_flag=True, default=None)
 @click.option("--full-load", is_flag=True, default=None, help="Load the whole model (default: layers 0..l only).")
+@click.option("--gradient-checkpointing", is_flag=True, default=None,
+              help="Recompute the updated layers in backward: less activation memory, one more forward of them.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Processes to run data-parallel on this machine (launches torch.distributed.run).")
+@click.option("--fsdp", is_flag=True, default=None, help="Shard the updated layers across processes with FSDP2.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(config_file, forget, retain, quiet, **flags):
+def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""
     from rmu.engine import UnlearnError, unlearn
 
@@ -58,11 +66,30 @@ def command(config_file, forget, retain, quiet, **flags):
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
         config = make_config(values)
+        if nproc > 1:
+            raise SystemExit(_launch(config, nproc, quiet))
         result = unlearn(config, progress=not quiet)
     except (ConfigError, UnlearnError, ValueError) as error:
         raise click.ClickException(str(error)) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 speaks for the job
     last = result.records[-1] if result.records else {}
     click.echo(f"{len(result.records)} steps in {result.seconds:.1f} s; last forget loss "
                f"{last.get('forget_loss', float('nan')):.4g}, retain loss {last.get('retain_loss', float('nan')):.4g}")
     if result.output:
         click.echo(f"checkpoint, run.json and control vectors written to {result.output}")
+
+
+def _launch(config, nproc: int, quiet: bool) -> int:
+    """Run this same, already validated, configuration in ``nproc`` processes (torch.distributed.run)."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from rmu.distributed import launch
+
+    with tempfile.TemporaryDirectory(prefix="rmu-launch-") as folder:
+        config_file = Path(folder) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config.model_dump()))
+        return launch(nproc, ["unlearn", "--config", str(config_file), *(["--quiet"] if quiet else [])])

@@ -1,0 +1,197 @@
+"""Running one unlearning job across processes, with PyTorch's own distributed stack.
+
+Launch with ``torchrun --nproc_per_node N -m rmu unlearn ...`` or let ``rmu unlearn --nproc N``
+start ``torch.distributed.run`` for you. Each process (rank) reads torchrun's environment, joins a
+process group (gloo on CPU, NCCL on CUDA) and works on its own device (``cuda:LOCAL_RANK``).
+
+Data parallel (the default when there are several ranks):
+
+* every rank tokenises the whole batch (so padding is the same as in one process) and computes
+  only its share of the rows (:meth:`Ranks.share`; as even as possible, a rank may get one row
+  more);
+* the updated layers (first updated .. l) are wrapped in ``DistributedDataParallel``. Each rank's
+  loss is weighted by its part of the full-batch loss denominator (rows, or real tokens with
+  ``mask_padding``), so DDP's gradient average is exactly the full-batch gradient even when the rows
+  do not split evenly. The first of the two backward passes runs under ``no_sync()``;
+* logged losses and norms are full-batch values (``all_reduce``); coefficients and noise are
+  computed as in one process (the noise for the whole batch is drawn on every rank from the same
+  generator, then sliced);
+* rank 0 alone writes outputs (checkpoint, run.json, resume state); the others wait at a barrier.
+
+``--fsdp`` shards the updated layers with FSDP2 (``torch.distributed.fsdp.fully_shard``) instead,
+for layers too large to replicate on every device. The frozen pass then cannot swap the original
+weights in by name (FSDP replaces the parameters it all-gathers), so a frozen copy of the updated
+layers, sharded the same way, runs in their place. Layers below the first updated one stay
+replicated. FSDP2 runs on CPU with gloo (torch 2.13 checked). Resumable state (``--save-every``)
+is not supported with ``--fsdp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RowShare:
+    """The rows of a batch one rank computes, and its part of the full-batch loss."""
+
+    rows: slice  # one borrowed row when the rank has none, so it still joins the collectives
+    count: int  # real rows of this rank (0 when the row is borrowed)
+    weight: float  # this rank's part of the full-batch loss denominator
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the job; one rank of one when not distributed."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def share(self, rows: int, mask: torch.Tensor | None) -> RowShare:
+        """This rank's rows of a ``rows``-row batch; ``mask`` when the loss counts real tokens only."""
+        base, extra = divmod(rows, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        count = base + (1 if self.rank < extra else 0)
+        if count == 0:
+            return RowShare(slice(0, 1), 0, 0.0)
+        if mask is None:
+            weight = count / rows
+        else:
+            weight = float(mask[start : start + count].sum() / mask.sum())
+        return RowShare(slice(start, start + count), count, weight)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks (the value itself in one process)."""
+        if not self.distributed:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def _device_for_rank(device_option: str, local_rank: int) -> torch.device:
+    if device_option == "auto":
+        device_option = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_option)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+@contextlib.contextmanager
+def session(device_option: str) -> Iterator[Ranks]:
+    """Join torchrun's process group when launched by it (and leave it after, if we joined)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        yield Ranks(0, 1, _device_for_rank(device_option, 0))
+        return
+    device = _device_for_rank(device_option, int(os.environ.get("LOCAL_RANK", "0")))
+    created = not dist.is_initialized()
+    if created:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+class UpdatedLayers(nn.Module):
+    """The layers first updated .. l as one module, so DDP / FSDP can wrap them."""
+
+    def __init__(self, layers: list[nn.Module], gradient_checkpointing: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, hidden: torch.Tensor, calls: list) -> torch.Tensor:
+        for layer, call in zip(self.layers, calls):
+            if self.gradient_checkpointing:
+                # Keep only each layer's input; recompute its activations during backward.
+                hidden = torch.utils.checkpoint.checkpoint(_run_layer, layer, hidden, call, use_reentrant=False)
+            else:
+                hidden = _run_layer(layer, hidden, call)
+        return hidden
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, call) -> torch.Tensor:
+    if call.hidden_is_keyword:
+        output = layer(*call.args, hidden_states=hidden, **call.kwargs)
+    else:
+        output = layer(hidden, *call.args, **call.kwargs)
+    # Decoder layers return a tensor (transformers 5) or a tuple whose first item is the hidden state.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def wrap_data_parallel(stack: UpdatedLayers, ranks: Ranks) -> nn.Module:
+    """DDP over the updated layers (their trained tensors are the only ones needing gradients)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    return DistributedDataParallel(stack, device_ids=device_ids)
+
+
+def shard_updated_layers(stack: UpdatedLayers, ranks: Ranks) -> tuple[nn.Module, list[nn.Module]]:
+    """FSDP2 over the updated layers (in place), plus a sharded frozen copy of them for the frozen pass."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
+    frozen_copy = [copy.deepcopy(layer).requires_grad_(False) for layer in stack.layers]
+    for layer in [*frozen_copy, *stack.layers]:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(stack, mesh=mesh)
+    return stack, frozen_copy
+
+
+@contextlib.contextmanager
+def without_gradient_sync(module: nn.Module) -> Iterator[None]:
+    """Accumulate this backward pass's gradients locally; the next synchronised pass averages both."""
+    if hasattr(module, "no_sync"):  # DDP
+        with module.no_sync():
+            yield
+    elif hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of the whole value (gathers an FSDP shard; a collective under FSDP)."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def launch(nproc: int, rmu_arguments: list[str]) -> int:
+    """Run ``rmu <rmu_arguments>`` in ``nproc`` processes with torch.distributed.run; its exit code."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "rmu", *rmu_arguments]
+    return subprocess.call(command)
