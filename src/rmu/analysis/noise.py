@@ -1,0 +1,152 @@
+"""Noise sensitivity of the layers above layer k.
+
+Let h be the output of decoder layer k and g the rest of the network up to the LAST decoder
+layer's output (layers k+1..L-1; before the final norm and the LM head). For Gaussian noise xi
+added to h, the sensitivity is ``||g(h + xi) - g(h)||^2 / ||g(h)||^2``, computed per token and
+averaged over the real (non-pad) tokens of the texts and over ``samples`` noise draws.
+
+Noise scale conventions (``scale_mode``):
+
+- ``relative`` (default): per token t, ``xi_t = scale * ||h_t|| / sqrt(d) * z``, z ~ N(0, I_d), so
+  E||xi_t||^2 = scale^2 ||h_t||^2: the same signal-to-noise ratio at every layer, whatever the
+  norm of the residual stream there (it grows with depth);
+- ``absolute``: ``xi = scale * z``, the same noise vector size at every layer.
+
+With scale 0 the sensitivity is exactly 0. For k = L-1 g is the identity and the value is just
+the noise-to-signal ratio, so layers 0..L-2 are measured by default.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rmu.analysis.common import AnalysisError, forget_batches, model_or_path, write_json
+from rmu.engine import _layer_output
+from rmu.structure import find_structure
+
+RESULT_FILE = "noise.json"
+SCALE_MODES = ("relative", "absolute")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _replace_output(output, hidden):
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    return hidden
+
+
+@torch.no_grad()
+def _last_output(model, layers, batch, noise_layer: int | None = None, noise_fn=None) -> torch.Tensor:
+    """The last decoder layer's output, with ``noise_fn(h)`` added to layer ``noise_layer``'s output."""
+    captured = {}
+
+    def add_noise(module, args, output):
+        hidden = _layer_output(output)
+        return _replace_output(output, hidden + noise_fn(hidden))
+
+    def capture(module, args, output):
+        captured["h"] = _layer_output(output)
+        raise _Stop
+
+    handles = [layers[-1].register_forward_hook(capture)]
+    if noise_layer is not None:
+        handles.append(layers[noise_layer].register_forward_hook(add_noise))
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if "h" not in captured:
+        raise AnalysisError("the model's forward never reached its last decoder layer")
+    return captured["h"].float()
+
+
+def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, layers: Sequence[int] | None = None,
+                      scale: float = 0.1, scale_mode: str = "relative", samples: int = 2, seed: int = 0,
+                      batch_size: int = 4, max_len: int = 128, max_batches: int | None = 2,
+                      progress: bool = True) -> list[dict]:
+    """Per layer k: ``{"layer": k, "sensitivity": mean ratio, "per_sample": [...]}``."""
+    from tqdm.auto import tqdm
+
+    if scale < 0:
+        raise AnalysisError("the noise scale must be 0 or more")
+    if scale_mode not in SCALE_MODES:
+        raise AnalysisError(f"unknown scale mode {scale_mode!r}; use {', '.join(SCALE_MODES)}")
+    if samples < 1:
+        raise AnalysisError("samples must be at least 1")
+    structure = find_structure(model)
+    depth = structure.num_layers
+    layers = list(range(depth - 1)) if layers is None else sorted(set(int(k) for k in layers))
+    bad = [k for k in layers if not 0 <= k < depth]
+    if bad:
+        raise AnalysisError(f"layers {bad} are outside the model: it has layers 0..{depth - 1}")
+    device = model.get_input_embeddings().weight.device
+    batches = [b.to(device) for b in forget_batches(tokenizer, texts, batch_size, max_len, max_batches)]
+    generator = torch.Generator().manual_seed(seed)
+
+    def make_noise(hidden: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(hidden.shape, generator=generator, dtype=torch.float32).to(hidden.device)
+        if scale_mode == "relative":
+            z = z * hidden.float().norm(dim=-1, keepdim=True) / math.sqrt(hidden.shape[-1])
+        return (scale * z).to(hidden.dtype)
+
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        clean = [_last_output(model, structure.layers, batch) for batch in batches]
+        for k in tqdm(layers, desc="noise sensitivity", disable=not progress, unit="layer"):
+            per_sample = []
+            for _ in range(samples):
+                total, count = 0.0, 0
+                for batch, reference in zip(batches, clean):
+                    noisy = _last_output(model, structure.layers, batch, k, make_noise)
+                    ratio = (noisy - reference).pow(2).sum(-1) / reference.pow(2).sum(-1).clamp_min(1e-12)
+                    real = batch.attention_mask.bool()
+                    total, count = total + float(ratio[real].sum()), count + int(real.sum())
+                per_sample.append(total / count)
+            results.append({"layer": k, "sensitivity": sum(per_sample) / len(per_sample), "per_sample": per_sample})
+    finally:
+        model.train(was_training)
+    return results
+
+
+def analyze_noise(models: dict, texts: Sequence[str] | str | Path, output: str | Path | None = None, *,
+                  layers: Sequence[int] | None = None, scale: float = 0.1, scale_mode: str = "relative",
+                  samples: int = 2, seed: int = 0, batch_size: int = 4, max_len: int = 128,
+                  max_batches: int | None = 2, progress: bool = True, plot: bool = True) -> dict:
+    """Noise sensitivity per layer for each model (name -> path or (model, tokenizer))."""
+    if not models:
+        raise AnalysisError("give at least one model")
+    data = {"kind": "noise",
+            "settings": {"scale": scale, "scale_mode": scale_mode, "samples": samples, "seed": seed,
+                         "batch_size": batch_size, "max_len": max_len, "max_batches": max_batches,
+                         "texts": str(texts) if isinstance(texts, (str, Path)) else f"{len(texts)} texts",
+                         "definition": "per real token ||g(h+xi)-g(h)||^2/||g(h)||^2, g = layers k+1..L-1 "
+                                       "(last decoder layer's output)",
+                         "models": {n: str(m) if isinstance(m, (str, Path)) else "in memory" for n, m in models.items()}},
+            "models": {}}
+    for name, source in models.items():
+        model, tokenizer = model_or_path(*source) if isinstance(source, tuple) else model_or_path(source)
+        data["models"][name] = {"layers": noise_sensitivity(
+            model, tokenizer, texts, layers=layers, scale=scale, scale_mode=scale_mode, samples=samples, seed=seed,
+            batch_size=batch_size, max_len=max_len, max_batches=max_batches, progress=progress)}
+    if output is not None:
+        output = Path(output)
+        write_json(output / RESULT_FILE, data)
+        if plot:
+            from rmu import plots
+
+            plots.save_figure(plots.plot_noise(data), output / "noise.png")
+    return data

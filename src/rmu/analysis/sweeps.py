@@ -1,0 +1,367 @@
+"""Layer and coefficient sweeps: many unlearning runs on ONE loaded model, each evaluated.
+
+Every point calls :func:`rmu.engine.unlearn` on the model held in memory, scores it with
+:func:`rmu.evaluate.evaluate`, and puts the original weights back (``restore_original``) before
+the next point. Results go to ``<output>/sweep.json`` after each point, so an interrupted sweep
+resumes where it stopped: a rerun skips the points already there. Each point's per-step log is
+kept as ``<output>/runs/<point>/run.json`` (the format ``rmu unlearn`` writes), which
+``rmu analyze norms`` reads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from rmu import checkpoint, rules
+from rmu.analysis.common import (AnalysisError, forget_batches, layer_output, load_full_model, mean_cosine,
+                                 read_json, write_json)
+from rmu.config import ConfigError, UnlearnConfig, make_config
+from rmu.engine import UnlearnError, unlearn
+from rmu.evaluate import evaluate
+from rmu.structure import find_structure, select_parameters
+from rmu.tasks import Task, load_task
+
+SWEEP_FILE = "sweep.json"
+METHODS = ("rmu", "adaptive")
+# Options a sweep sets itself for every point.
+_POINT_OPTIONS = ("method", "layer", "update_layers", "output", "resume", "save_every", "overwrite")
+
+
+def _base_values(base: dict | UnlearnConfig) -> dict[str, Any]:
+    values = base.model_dump() if isinstance(base, UnlearnConfig) else dict(base)
+    for key in ("output", "resume", "save_every", "overwrite"):
+        values.pop(key, None)
+    return values
+
+
+def _load_tasks(tasks: Sequence[str | Path | Task], what: str, subject: str = "") -> list[Task]:
+    if not tasks:
+        raise AnalysisError(f"give at least one {what} task (a task name or a question file)")
+    loaded = []
+    for item in tasks:
+        try:
+            loaded.append(load_task(item, subject=subject))
+        except (FileNotFoundError, ValueError) as error:
+            raise AnalysisError(f"{what} task {item!s}: {error}") from None
+    return loaded
+
+
+def _accuracy(results: dict, names: list[str]) -> float:
+    """Question-weighted accuracy over the named tasks."""
+    count = sum(results[n].count for n in names)
+    return sum(results[n].accuracy * results[n].count for n in names) / count
+
+
+class _Sweep:
+    """Book-keeping shared by both sweeps: the JSON file, resume, the model, evaluation."""
+
+    def __init__(self, kind: str, output, settings: dict, grid: dict, forget_tasks, retain_tasks, scoring: str,
+                 limit: int | None, eval_batch_size: int, model, tokenizer, overwrite: bool, progress: bool):
+        self.output = Path(output)
+        self.path = self.output / SWEEP_FILE
+        self.progress = progress
+        self.forget = _load_tasks(forget_tasks, "forget")
+        self.retain = _load_tasks(retain_tasks, "retain")
+        self.scoring, self.limit, self.eval_batch_size = scoring, limit, eval_batch_size
+        settings = dict(settings, forget_tasks=[t.name for t in self.forget],
+                        retain_tasks=[t.name for t in self.retain], scoring=scoring, limit=limit)
+        self.data = {"kind": kind, "settings": dict(settings), "baseline": None, "points": []}
+        if self.path.is_file() and not overwrite:
+            saved = read_json(self.path)
+            old = {k: v for k, v in saved.get("settings", {}).items() if k not in grid}
+            if saved.get("kind") != kind or old != _json_roundtrip(settings):
+                changed = _changed_keys(old, _json_roundtrip(settings))
+                raise AnalysisError(
+                    f"{self.path} holds a different sweep (differs in: {', '.join(changed) or 'kind'}); "
+                    "use another --output or pass --overwrite"
+                )
+            self.data = saved
+        # The grid may grow between runs (points already done are kept); settings must not change.
+        for key, values in grid.items():
+            known = self.data["settings"].get(key, [])
+            self.data["settings"][key] = sorted(set(known) | set(values)) if key != "methods" else \
+                list(dict.fromkeys([*known, *values]))
+        self.model, self.tokenizer = model, tokenizer
+        self.names = self._task_names()
+
+    def _task_names(self):
+        # evaluate() renames duplicates (name_2); mirror it so accuracies group correctly.
+        from rmu.evaluate import unique_name
+
+        taken: dict[str, None] = {}
+        forget, retain = [], []
+        for group, tasks in ((forget, self.forget), (retain, self.retain)):
+            for task in tasks:
+                name = unique_name(task.name, taken)
+                taken[name] = None
+                group.append(name)
+        return forget, retain
+
+    def ensure_model(self, source: str, dtype: str, device: str, trust_remote_code: bool) -> None:
+        if self.model is None:
+            from rmu.engine import resolve_device
+
+            self.model, self.tokenizer = load_full_model(source, dtype, str(resolve_device(device)),
+                                                         trust_remote_code)
+        if getattr(self.model, "rmu_truncated_at_layer", None) is not None:
+            raise AnalysisError("sweeps evaluate the model: pass a full model (with its LM head), not a truncated one")
+
+    def evaluate(self) -> dict:
+        results = evaluate(self.model, self.tokenizer, [*self.forget, *self.retain], scoring=self.scoring,
+                           batch_size=self.eval_batch_size, limit=self.limit, progress=False)
+        forget_names, retain_names = self.names
+        return {
+            "forget_accuracy": _accuracy(results, forget_names),
+            "retain_accuracy": _accuracy(results, retain_names),
+            "tasks": {name: {"accuracy": r.accuracy, "stderr": r.stderr, "count": r.count}
+                      for name, r in results.items()},
+        }
+
+    def done(self, key: dict) -> bool:
+        return any(all(p.get(k) == v for k, v in key.items()) for p in self.data["points"])
+
+    def save(self) -> None:
+        self.data["points"].sort(key=lambda p: tuple(str(p.get(k)) for k in ("method", "layer", "value")))
+        write_json(self.path, self.data)
+
+
+def _json_roundtrip(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _run_point(sweep: _Sweep, values: dict, key: dict, run_name: str, extra=None) -> dict:
+    """One unlearning run + evaluation on the shared model; the original weights are back after it."""
+    try:
+        config = make_config(values)
+    except ConfigError as error:
+        raise AnalysisError(str(error)) from None
+    structure = find_structure(sweep.model)
+    if config.layer >= structure.num_layers:
+        raise AnalysisError(f"layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+    # The engine restores nothing when it fails mid-run: keep our own copy of what it may change.
+    trained = select_parameters(sweep.model, structure, config.update_layers, config.params)
+    saved = {name: p.detach().clone() for name, p in trained.items()}
+    started = time.perf_counter()
+    point = dict(key)
+    try:
+        result = unlearn(config, model=sweep.model, tokenizer=sweep.tokenizer, progress=sweep.progress)
+    except UnlearnError as error:
+        point.update(error=str(error), forget_accuracy=None, retain_accuracy=None)
+    else:
+        try:
+            point.update(sweep.evaluate())
+            if extra is not None:
+                point.update(extra(config, result))
+            last = result.records[-1] if result.records else {}
+            point.update(
+                coefficients=result.coefficients,
+                steps=len(result.records),
+                final_forget_loss=last.get("forget_loss"),
+                final_retain_loss=last.get("retain_loss"),
+                final_forget_norm=last.get("forget_norm"),
+                frozen_forget_norm=last.get("frozen_forget_norm"),
+                seconds=round(time.perf_counter() - started, 2),
+                run=f"runs/{run_name}/run.json",
+            )
+            run = checkpoint.run_summary(result, structure)
+            run["status"] = "complete (in-memory sweep point; no checkpoint saved)"
+            write_json(sweep.output / "runs" / run_name / "run.json", run)
+        finally:
+            result.restore_original()
+    finally:
+        with torch.no_grad():
+            for name, parameter in trained.items():
+                parameter.copy_(saved[name])
+    return point
+
+
+def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str | Path, *,
+                 forget_tasks: Sequence, retain_tasks: Sequence, methods: Sequence[str] = METHODS,
+                 scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
+                 model=None, tokenizer=None, overwrite: bool = False, progress: bool = True,
+                 plot: bool = True) -> dict:
+    """RMU and/or Adaptive RMU steering each layer l in ``layers`` (updating l-2..l), each evaluated.
+
+    ``base``: the options of every run (``UnlearnConfig`` fields: model, forget, retain, steps, lr,
+    alpha, steering_coeff for RMU, beta for Adaptive RMU, ...); the sweep sets method and layer.
+    ``model``/``tokenizer``: a loaded full model to use (else ``base['model']`` is loaded once).
+    Returns the sweep's data (also in ``<output>/sweep.json``, with ``layers.png`` and ``table.md``).
+    """
+    values = _base_values(base)
+    layers = sorted(set(int(layer) for layer in layers))
+    methods = list(dict.fromkeys(methods))
+    if not layers:
+        raise AnalysisError("give at least one layer")
+    if any(layer < 0 for layer in layers):
+        raise AnalysisError(f"layers must be 0 or more, got {layers}")
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise AnalysisError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
+    settings = {k: v for k, v in values.items() if k not in _POINT_OPTIONS}
+    sweep = _Sweep("layers", output, settings, {"layers": layers, "methods": methods}, forget_tasks, retain_tasks, scoring, limit, eval_batch_size,
+                   model, tokenizer, overwrite, progress)
+    todo = [(m, l) for m in methods for l in layers if not sweep.done({"method": m, "layer": l})]
+    if todo or sweep.data["baseline"] is None:
+        _check_model_source(values)
+        sweep.ensure_model(values["model"], values.get("dtype", "float32"), values.get("device", "auto"),
+                           values.get("trust_remote_code", False))
+        depth = find_structure(sweep.model).num_layers
+        if layers[-1] >= depth:
+            raise AnalysisError(f"layer {layers[-1]} is outside the model: it has layers 0..{depth - 1}")
+    if sweep.data["baseline"] is None:
+        sweep.data["baseline"] = sweep.evaluate()
+        sweep.save()
+    bar = tqdm(todo, desc="layer sweep", disable=not progress, unit="run")
+    for method, layer in bar:
+        bar.set_postfix(method=method, layer=layer)
+        point_values = dict(values, method=method, layer=layer, update_layers=None)
+        point = _run_point(sweep, point_values, {"method": method, "layer": layer}, f"{method}_layer{layer}")
+        sweep.data["points"].append(point)
+        sweep.save()
+    bar.close()
+    if plot:
+        from rmu import plots
+
+        plots.save_figure(plots.plot_layer_sweep(sweep.data), sweep.output / "layers.png")
+    (sweep.output / "table.md").write_text(layer_table(sweep.data) + "\n", encoding="utf-8")
+    return sweep.data
+
+
+def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str | Path, *,
+                forget_tasks: Sequence, retain_tasks: Sequence, method: str = "rmu", layer: int | None = None,
+                scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
+                cosine_batches: int = 4, model=None, tokenizer=None, overwrite: bool = False,
+                progress: bool = True, plot: bool = True) -> dict:
+    """A grid of c (``method='rmu'``) or beta (``method='adaptive'``) at one layer.
+
+    Per value: forget/retain accuracy, and the mean cosine similarity between the layer-l forget
+    representations and the topic's u, per token over the real (non-pad) tokens of the first
+    ``cosine_batches`` forget batches of each topic (tokenised as the run tokenises them).
+    The base model's cosine with the same u is in ``baseline['cosine']``.
+    """
+    options = _base_values(base)
+    grid = sorted(set(float(v) for v in values))
+    if method not in METHODS:
+        raise AnalysisError(f"unknown method {method!r}; use {', '.join(METHODS)}")
+    if not grid:
+        raise AnalysisError("give at least one coefficient value")
+    if any(v <= 0 for v in grid):
+        raise AnalysisError(f"coefficients must be positive, got {grid}")
+    if cosine_batches < 1:
+        raise AnalysisError("cosine_batches must be at least 1")
+    if layer is not None:
+        options["layer"] = int(layer)
+        options["update_layers"] = None
+    coefficient = "steering_coeff" if method == "rmu" else "beta"
+    settings = {k: v for k, v in options.items() if k not in _POINT_OPTIONS and k != coefficient}
+    settings.update(method=method, layer=options.get("layer", 7), coefficient=coefficient,
+                    update_layers=options.get("update_layers"), cosine_batches=cosine_batches)
+    sweep = _Sweep("coeff", output, settings, {"values": grid}, forget_tasks, retain_tasks, scoring, limit, eval_batch_size,
+                   model, tokenizer, overwrite, progress)
+    todo = [v for v in grid if not sweep.done({"value": v})]
+
+    def cosine(config: UnlearnConfig, vectors: dict[str, torch.Tensor]) -> dict:
+        total, count, per_topic = 0.0, 0, {}
+        for topic in config.topics:
+            batches = forget_batches(sweep.tokenizer, config.forget[topic], config.batch_size,
+                                     config.max_len[config.topics.index(topic)], cosine_batches, config.min_len)
+            topic_total, topic_count = 0.0, 0
+            for batch in batches:
+                hidden = layer_output(sweep.model, config.layer, batch)
+                s, n = mean_cosine(hidden, vectors[topic], batch.attention_mask)
+                topic_total, topic_count = topic_total + s, topic_count + n
+            per_topic[topic] = topic_total / topic_count
+            total, count = total + topic_total, count + topic_count
+        return {"cosine": total / count, "cosine_per_topic": per_topic, "cosine_tokens": count}
+
+    if todo or sweep.data["baseline"] is None:
+        _check_model_source(options)
+        sweep.ensure_model(options["model"], options.get("dtype", "float32"), options.get("device", "auto"),
+                           options.get("trust_remote_code", False))
+    if sweep.data["baseline"] is None:
+        try:
+            config = make_config(dict(options, **{coefficient: grid[0]}, method=method))
+        except ConfigError as error:
+            raise AnalysisError(str(error)) from None
+        structure = find_structure(sweep.model)
+        if config.layer >= structure.num_layers:
+            raise AnalysisError(f"layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+        vectors = _vectors(config, structure.hidden_size)
+        sweep.data["baseline"] = {**sweep.evaluate(), **cosine(config, vectors)}
+        sweep.save()
+    bar = tqdm(todo, desc=f"{coefficient} sweep", disable=not progress, unit="run")
+    for value in bar:
+        bar.set_postfix({coefficient: value})
+        point_values = dict(options, method=method, **{coefficient: value})
+        point = _run_point(sweep, point_values, {"value": value}, f"{method}_{coefficient}{value:g}",
+                           extra=lambda config, result: cosine(config, result.control_vectors))
+        sweep.data["points"].append(point)
+        sweep.save()
+    bar.close()
+    if plot:
+        from rmu import plots
+
+        plots.save_figure(plots.plot_coeff_sweep(sweep.data), sweep.output / "coeff.png")
+    (sweep.output / "table.md").write_text(coeff_table(sweep.data) + "\n", encoding="utf-8")
+    return sweep.data
+
+
+def _vectors(config: UnlearnConfig, hidden_size: int) -> dict[str, torch.Tensor]:
+    """The u the engine would use for this config (same seed, same rule)."""
+    if config.control_vectors:
+        return rules.load_control_vectors(config.control_vectors, config.topics, hidden_size)
+    return rules.random_control_vectors(config.topics, hidden_size, config.seed)
+
+
+def _check_model_source(values: dict) -> None:
+    if not values.get("model"):
+        raise AnalysisError("the base configuration names no model (--model or 'model:' in --config)")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def layer_table(data: dict) -> str:
+    """Markdown: one row per (method, layer), plus the base model."""
+    base = data.get("baseline") or {}
+    rows = [["base", "-", base.get("forget_accuracy"), base.get("retain_accuracy"), None, None, None]]
+    for p in sorted(data["points"], key=lambda p: (p["method"], p["layer"])):
+        coefficient = next(iter((p.get("coefficients") or {}).values()), None)
+        rows.append([p["method"], p["layer"], p.get("forget_accuracy"), p.get("retain_accuracy"),
+                     coefficient, p.get("frozen_forget_norm"), p.get("final_forget_loss") if "error" not in p
+                     else "error: " + p["error"][:60]])
+    return markdown_table(["method", "layer", "forget acc", "retain acc", "coefficient", "frozen forget norm",
+                           "final forget loss"], rows)
+
+
+def coeff_table(data: dict) -> str:
+    base = data.get("baseline") or {}
+    name = "c" if data["settings"]["coefficient"] == "steering_coeff" else "beta"
+    rows = [["base", base.get("forget_accuracy"), base.get("retain_accuracy"), base.get("cosine"), None, None]]
+    for p in sorted(data["points"], key=lambda p: p["value"]):
+        coefficient = next(iter((p.get("coefficients") or {}).values()), None)
+        rows.append([p["value"], p.get("forget_accuracy"), p.get("retain_accuracy"), p.get("cosine"),
+                     coefficient, p.get("final_forget_norm")])
+    return markdown_table([name, "forget acc", "retain acc", "cos(h, u)", "effective c", "final forget norm"], rows)

@@ -1,0 +1,157 @@
+"""One self-contained page (HTML with figures embedded as base64 PNG, and Markdown) for run,
+sweep and analysis folders.
+
+A folder is recognised by what it holds: ``sweep.json`` (``rmu sweep``), ``confidence.json``,
+``norms.json``, ``noise.json`` (``rmu analyze``) or ``run.json`` (``rmu unlearn``). Each becomes a
+section with its configuration, a table and every PNG of the folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rmu.analysis.common import AnalysisError, read_json
+
+RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "run.json")
+
+
+@dataclass
+class Section:
+    title: str
+    folder: Path
+    config: dict
+    tables: list[tuple[list[str], list[list]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _section(folder: Path) -> Section:
+    found = [name for name in RESULT_FILES if (folder / name).is_file()]
+    if not found:
+        raise AnalysisError(f"{folder}: no result of rmu found ({', '.join(RESULT_FILES)})")
+    name = found[0]
+    data = read_json(folder / name)
+    figures = sorted(folder.glob("*.png"))
+    if name == "sweep.json":
+        return _sweep_section(folder, data, figures)
+    if name == "confidence.json":
+        rows = [[m, e["count"], e["mean"], e["variance"], e["std"]] for m, e in data["models"].items()]
+        return Section(f"MaxLogit confidence: {folder.name}", folder, data["settings"],
+                       [(["model", "tokens", "mean max logit", "variance", "std"], rows)], figures=figures)
+    if name == "norms.json":
+        rows = [[run["label"], topic, s["frozen_forget_norm"][0], s["forget_norm"][-1], s["coeff"][-1],
+                 f"{100 * s['final_gap']:.1f}%", s["forget_loss"][-1]]
+                for run in data["runs"] for topic, s in run["topics"].items()]
+        header = ["run", "topic", "frozen norm", "final norm", "coefficient", "final |norm-c|/c", "final forget loss"]
+        return Section(f"Norm convergence: {folder.name}", folder, data["settings"], [(header, rows)], figures=figures)
+    if name == "noise.json":
+        models = list(data["models"])
+        layers = [r["layer"] for r in data["models"][models[0]]["layers"]]
+        by = {m: {r["layer"]: r["sensitivity"] for r in data["models"][m]["layers"]} for m in models}
+        rows = [[k, *(by[m].get(k) for m in models)] for k in layers]
+        return Section(f"Noise sensitivity: {folder.name}", folder, data["settings"], [(["layer k", *models], rows)],
+                       figures=figures)
+    return _run_section(folder, data, figures)
+
+
+def _sweep_section(folder: Path, data: dict, figures: list[Path]) -> Section:
+    from rmu.analysis.sweeps import coeff_table, layer_table
+
+    text = layer_table(data) if data["kind"] == "layers" else coeff_table(data)
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    kind = "Layer sweep" if data["kind"] == "layers" else "Coefficient sweep"
+    errors = [f"{p.get('method', '')} {p.get('layer', p.get('value'))}: {p['error']}" for p in data["points"] if "error" in p]
+    return Section(f"{kind}: {folder.name}", folder, data["settings"], [(header, rows)], errors, figures)
+
+
+def _run_section(folder: Path, data: dict, figures: list[Path]) -> Section:
+    steps = data.get("steps") or []
+    rows = []
+    if steps:
+        shown = steps if len(steps) <= 12 else [steps[i * (len(steps) - 1) // 11] for i in range(12)]
+        rows = [[r["step"], r["topic"], r["forget_loss"], r["retain_loss"], r["coeff"], r.get("forget_norm"),
+                 r.get("frozen_forget_norm")] for r in shown]
+    header = ["step", "topic", "forget loss", "retain loss", "coefficient", "forget norm", "frozen forget norm"]
+    notes = [f"coefficients: {data.get('coefficients')}", f"seconds: {data.get('seconds')}",
+             f"trained parameters: {', '.join(data.get('trained_parameters', []))}"]
+    return Section(f"Unlearning run: {folder.name}", folder, data.get("config", {}), [(header, rows)], notes, figures)
+
+
+def _markdown(sections: list[Section], title: str, figure_dir: Path, base: Path) -> str:
+    out = [f"# {title}", ""]
+    for index, section in enumerate(sections):
+        out += [f"## {section.title}", "", f"Folder: `{section.folder}`", "", "Configuration:", "", "```json",
+                json.dumps(section.config, indent=2, default=str), "```", ""]
+        for header, rows in section.tables:
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+            out.append("")
+        out += [f"- {note}" for note in section.notes]
+        for figure in section.figures:
+            target = figure_dir / f"{index}_{figure.name}"
+            out += [f"![{figure.stem}]({target.relative_to(base).as_posix()})", ""]
+    return "\n".join(out) + "\n"
+
+
+def _html(sections: list[Section], title: str) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+           "pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:12px}img{max-width:100%}</style>",
+           "</head><body>", f"<h1>{e(title)}</h1>"]
+    for section in sections:
+        out += [f"<h2>{e(section.title)}</h2>", f"<p>Folder: <code>{e(str(section.folder))}</code></p>",
+                "<details><summary>Configuration</summary><pre>",
+                e(json.dumps(section.config, indent=2, default=str)), "</pre></details>"]
+        for header, rows in section.tables:
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows]
+            out.append("</table>")
+        if section.notes:
+            out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in section.notes) + "</ul>")
+        for figure in section.figures:
+            encoded = base64.b64encode(figure.read_bytes()).decode("ascii")
+            out.append(f"<figure><img alt='{e(figure.stem)}' src='data:image/png;base64,{encoded}'>"
+                       f"<figcaption>{e(figure.name)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def build_report(folders: Sequence[str | Path], output: str | Path, title: str = "rmu report") -> dict[str, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) to ``output``."""
+    if not folders:
+        raise AnalysisError("give at least one run, sweep or analysis folder")
+    sections = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise AnalysisError(f"{folder} is not a folder")
+        sections.append(_section(folder))
+    output = Path(output)
+    figure_dir = output / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for index, section in enumerate(sections):
+        for figure in section.figures:
+            shutil.copyfile(figure, figure_dir / f"{index}_{figure.name}")
+    markdown = output / "report.md"
+    markdown.write_text(_markdown(sections, title, figure_dir, output), encoding="utf-8")
+    page = output / "report.html"
+    page.write_text(_html(sections, title), encoding="utf-8")
+    return {"html": page, "markdown": markdown}
