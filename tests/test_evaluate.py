@@ -177,6 +177,8 @@ def test_letter_prompt_is_lm_evals_mmlu_and_wmdp_prompt():
     assert context == ("The following are questions (with answers) about biology.\n\n"
                        "Question: What do ribosomes make?\nAnswer:")
     assert continuations == [" lipids", " proteins", " DNA", " sugars"]
+    context, continuations = prompt_and_continuations(question, "completion")
+    assert context == "What do ribosomes make?" and continuations == [" lipids", " proteins", " DNA", " sugars"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def brute_force_loglikelihood(model, tokenizer, context, continuation) -> float:
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
-@pytest.mark.parametrize("scoring", ["letter", "cloze"])
+@pytest.mark.parametrize("scoring", ["letter", "cloze", "completion"])
 def test_native_scores_equal_brute_force(architecture, scoring, toy_task):
     model, tokenizer = tiny_model(architecture, seed=1)
     result = evaluate(model, tokenizer, toy_task, scoring=scoring, batch_size=3, progress=False)["toy"]

@@ -27,6 +27,11 @@ Two scorings, both zero-shot and both deciding by log-likelihood, as lm-evaluati
   highest log-likelihood divided by the choice's length in characters (without the leading
   space): lm-eval's ``acc_norm``.
 
+``completion`` -- for questions written as the start of a sentence ("The chemical symbol of iron
+  is"): the question text alone is the context, each answer text (after a space) the
+  continuation, decided per character as ``cloze``. Small models that fail the MMLU prompt often
+  know such facts; the demo measures them this way. Native backend only.
+
 Tokenisation follows lm-eval too: the context and context+continuation are encoded with the
 tokenizer's defaults (a BOS token where the tokenizer adds one), and the continuation tokens are
 what the second encoding has beyond the first. Sequences longer than the model's context are cut
@@ -49,7 +54,7 @@ from tqdm.auto import tqdm
 
 from rmu.tasks import LETTERS, Question, Task, load_task
 
-SCORINGS = ("letter", "cloze")
+SCORINGS = ("letter", "cloze", "completion")
 BACKENDS = ("native", "lm-eval")
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
 
@@ -85,12 +90,14 @@ def prompt_and_continuations(question: Question, scoring: str) -> tuple[str, lis
         return letter_prompt(question), [f" {LETTERS[i]}" for i in range(len(question.choices))]
     if scoring == "cloze":
         return cloze_prompt(question), [f" {choice}" for choice in question.choices]
+    if scoring == "completion":  # the question is the start of a sentence that the answer completes
+        return question.question.strip(), [f" {choice}" for choice in question.choices]
     raise ValueError(f"unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
 
 
 def choice_scores(question: Question, loglikelihoods: Sequence[float], scoring: str) -> list[float]:
     """What the prediction maximises: the log-likelihood (letter) or it per character (cloze)."""
-    if scoring == "cloze":
+    if scoring in ("cloze", "completion"):
         # max(.., 1): an empty choice would divide by zero (lm-eval yields inf there)
         return [ll / max(len(choice), 1) for ll, choice in zip(loglikelihoods, question.choices)]
     return list(loglikelihoods)
@@ -350,6 +357,8 @@ def evaluate(model, tokenizer, tasks, scoring: str = "letter", batch_size: int =
     if scoring not in SCORINGS:
         raise ValueError(f"unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
     if backend == "lm-eval":
+        if scoring == "completion":
+            raise ValueError("completion scoring runs on the native backend only; use --backend native")
         from rmu.lm_eval_backend import evaluate_with_lm_eval
 
         return evaluate_with_lm_eval(model, tokenizer, tasks, scoring, batch_size, limit, progress,

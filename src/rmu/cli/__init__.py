@@ -19,6 +19,7 @@ _COMMANDS = {
     "sweep": "sweep",
     "analyze": "analyze",
     "report": "report",
+    "attack": "attack",
 }
 
 

@@ -9,12 +9,19 @@ import click
 @click.option("--quick", is_flag=True, help="A smoke run in about 3 minutes: fewer steps and questions.")
 @click.option("--output", default="rmu-demo", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (results.json, report.md, accuracy.png, step logs).")
+@click.option("--steering-coeff", type=float, help="RMU's c (default: the published 6.5).")
+@click.option("--beta", type=float, help="Adaptive RMU's beta (default 2).")
+@click.option("--steps", type=int, help="Unlearning steps per method (default 75; quick: 40).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def command(quick: bool, output: str, quiet: bool) -> None:
+def command(quick: bool, output: str, steering_coeff, beta, steps, quiet: bool) -> None:
     """Unlearn element symbols from a real pretrained model, offline, and report before/after."""
-    from rmu.demo.run import NAMES, run_demo
+    import dataclasses
 
-    results = run_demo(output, quick=quick, progress=not quiet)
+    from rmu.demo.run import DEFAULT, NAMES, QUICK, run_demo
+
+    changes = {k: v for k, v in dict(steering_coeff=steering_coeff, beta=beta, steps=steps).items() if v is not None}
+    settings = dataclasses.replace(QUICK if quick else DEFAULT, **changes)
+    results = run_demo(output, quick=quick, progress=not quiet, settings=settings)
     click.echo(f"{'model':<14}{'forget acc':>11}{'retain acc':>11}{'perplexity':>11}")
     for key, scores in results["models"].items():
         click.echo(f"{NAMES[key]:<14}{scores['forget_accuracy']:>11.3f}{scores['retain_accuracy']:>11.3f}"

@@ -66,7 +66,8 @@ def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code:
                    "tasks (wmdp_bio, wmdp_cyber, lm-eval:mmlu; online).")
 @click.option("--scoring", type=click.Choice(SCORINGS), default="letter", show_default=True,
               help="letter: MMLU prompt, log-likelihood of ' A'..' D'. cloze: log-likelihood of each "
-                   "answer text per character.")
+                   "answer text per character. completion: the question is a sentence start, each answer "
+                   "text completes it (per character).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only the first N questions of each task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

@@ -1,0 +1,24 @@
+"""Attacks on unlearned models: do the forgotten answers come back?
+
+One module per attack, each a Python function that returns (and optionally writes) a JSON-ready
+dictionary, and a ``rmu attack`` sub-command:
+
+* :func:`gcg_attack` -- Greedy Coordinate Gradient adversarial suffixes (Zou et al. 2023);
+* :func:`relearn_attack` -- a few fine-tuning steps on forget (or unrelated) documents;
+* :func:`ablate_attack` -- project the steering direction out of layer l at inference;
+* :func:`probe_attack` -- linear probes on every layer's activations;
+* :func:`keyword_attack` -- retain questions with a forget keyword inserted.
+"""
+
+from rmu.attacks.ablate import ablate_attack, estimate_direction, project_out, projection_hook
+from rmu.attacks.common import AttackError
+from rmu.attacks.gcg import gcg_attack, gcg_question
+from rmu.attacks.keywords import insert_keywords, keyword_attack
+from rmu.attacks.probe import layer_activations, probe_accuracy, probe_attack
+from rmu.attacks.relearn import relearn_attack
+
+__all__ = [
+    "AttackError", "ablate_attack", "estimate_direction", "gcg_attack", "gcg_question", "insert_keywords",
+    "keyword_attack", "layer_activations", "probe_accuracy", "probe_attack", "project_out", "projection_hook",
+    "relearn_attack",
+]

@@ -1,0 +1,295 @@
+"""Greedy Coordinate Gradient (GCG, Zou et al. 2023) adversarial suffixes against forget questions.
+
+For each question, an ``n_tokens`` suffix is appended to the question text inside the evaluator's
+letter prompt (:func:`rmu.evaluate.letter_prompt`)::
+
+    {description}{question} {suffix}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:
+
+and optimised so that the model puts the most probability on the correct answer letter (the
+continuation `` B`` etc., tokenised as the evaluator does). The loss is the cross-entropy of that
+continuation over the whole vocabulary. One step:
+
+1. the gradient of the loss with respect to the one-hot encoding of the suffix tokens;
+2. for each position, the ``top_k`` tokens with the most negative gradient;
+3. ``candidates`` single-token substitutions (position spread over the suffix, token drawn from
+   that position's top-k), evaluated exactly in batches of ``batch_size`` without gradients;
+4. the best candidate becomes the suffix (as in GCG, even if it is worse than the current one);
+   the best suffix seen is kept.
+
+Budget per question: ``steps`` gradient computations and ``steps x candidates`` forward passes;
+the same for every model compared. Candidates whose text does not re-tokenise into the same
+tokens are skipped (as in the GCG reference), so the suffix found can be written as text.
+
+The accuracy reported "with suffix" is the evaluator's own letter-scoring accuracy on the
+questions with the suffix text appended (re-tokenised, as any user would feed it); the accuracy
+of the token sequence as optimised is reported beside it.
+
+Caveat: the attacker knows the answer and optimises for it, so a high accuracy with the suffix
+can also mean the suffix simply names the letter. Compare models at the same budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, mean, write_json
+from rmu.evaluate import LETTERS, encode_pair, letter_prompt, score_task
+from rmu.tasks import Question, Task
+
+RESULT_FILE = "gcg.json"
+_MARK = "\x00SUFFIX\x00"
+
+
+@dataclasses.dataclass
+class Layout:
+    """Token ids of one question's prompt around the suffix, and of its answer continuations."""
+
+    before: list[int]  # description and question (with BOS when the tokenizer adds one)
+    after: list[int]  # "\nA. ...\nAnswer:"
+    letters: list[list[int]]  # continuation of each letter (" A", " B", ...), as the evaluator splits it
+    answer: int
+
+    @property
+    def target(self) -> list[int]:
+        return self.letters[self.answer]
+
+    def ids(self, suffix: Sequence[int], choice: int | None = None) -> list[int]:
+        target = self.target if choice is None else self.letters[choice]
+        return self.before + list(suffix) + self.after + target[:-1]
+
+
+def question_with_suffix(question: Question, suffix_text: str) -> Question:
+    return dataclasses.replace(question, question=question.question.strip() + suffix_text)
+
+
+def make_layout(tokenizer, question: Question) -> Layout:
+    text = letter_prompt(question_with_suffix(question, _MARK))
+    before_text, after_text = text.split(_MARK)
+    before = tokenizer(before_text)["input_ids"]
+    after = tokenizer(after_text, add_special_tokens=False)["input_ids"]
+    prompt = letter_prompt(question)
+    letters = [encode_pair(tokenizer, prompt, f" {LETTERS[i]}")[1] for i in range(len(question.choices))]
+    if any(not ids for ids in letters):
+        raise AttackError("an answer letter encodes to no tokens")
+    return Layout(before, after, letters, question.answer)
+
+
+def allowed_tokens(tokenizer, vocabulary: int) -> torch.Tensor:
+    """Mask of tokens a suffix may use: printable ASCII text, no special tokens."""
+    allowed = torch.zeros(vocabulary, dtype=torch.bool)
+    special = set(tokenizer.all_special_ids)
+    for token in range(min(vocabulary, len(tokenizer))):
+        if token in special:
+            continue
+        text = tokenizer.decode([token])
+        allowed[token] = bool(text) and text.isascii() and text.isprintable()
+    if not allowed.any():
+        raise AttackError("the tokenizer has no printable ASCII tokens to build a suffix from")
+    return allowed
+
+
+@contextlib.contextmanager
+def _frozen_eval(model):
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(flags[name])
+        model.train(was_training)
+
+
+def _embed_scale(embedding) -> float | torch.Tensor:
+    scale = getattr(embedding, "embed_scale", None)  # Gemma multiplies embeddings inside the module
+    return 1.0 if scale is None else scale
+
+
+def _target_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per row of the target tokens, summed over them; logits (rows, len(target), V)."""
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                           target.repeat(logits.shape[0]), reduction="none")
+    return flat.view(logits.shape[0], -1).sum(-1)
+
+
+def suffix_gradient(model, layout: Layout, suffix: list[int]) -> tuple[torch.Tensor, float]:
+    """d loss / d one-hot(suffix) (n_tokens x vocabulary) and the loss."""
+    embedding = model.get_input_embeddings()
+    weight = embedding.weight
+    device = weight.device
+    one_hot = torch.zeros(len(suffix), weight.shape[0], device=device, dtype=weight.dtype)
+    one_hot[torch.arange(len(suffix)), torch.tensor(suffix, device=device)] = 1
+    one_hot.requires_grad_(True)
+    as_tensor = lambda ids: torch.tensor(ids, device=device, dtype=torch.long)  # noqa: E731
+    pieces = [embedding(as_tensor(layout.before)), (one_hot @ weight) * _embed_scale(embedding),
+              embedding(as_tensor(layout.after + layout.target[:-1]))]
+    embeds = torch.cat(pieces)[None]
+    n = len(layout.target)
+    logits = model(inputs_embeds=embeds, use_cache=False).logits[:, -n:]
+    loss = _target_loss(logits, as_tensor(layout.target))[0]
+    loss.backward()
+    return one_hot.grad.detach(), float(loss.detach())
+
+
+@torch.no_grad()
+def suffix_losses(model, layout: Layout, suffixes: Sequence[Sequence[int]], batch_size: int = 64,
+                  choice: int | None = None) -> torch.Tensor:
+    """Exact loss (-log-likelihood of the answer continuation) of each suffix, in batched forward passes.
+
+    ``choice``: score that choice's letter instead of the correct one.
+    """
+    device = model.get_input_embeddings().weight.device
+    target_ids = layout.target if choice is None else layout.letters[choice]
+    target = torch.tensor(target_ids, device=device)
+    n = len(target_ids)
+    kwargs = {"logits_to_keep": n} if _keeps_logits(model) else {}
+    losses = []
+    for begin in range(0, len(suffixes), batch_size):
+        ids = torch.tensor([layout.ids(s, choice) for s in suffixes[begin: begin + batch_size]], device=device)
+        logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, -n:]
+        losses.append(_target_loss(logits, target))
+    return torch.cat(losses)
+
+
+def predicted_letter(model, layout: Layout, suffix: Sequence[int]) -> int:
+    """The choice whose letter continuation is most likely after the token sequence (as letter scoring)."""
+    losses = [float(suffix_losses(model, layout, [suffix], choice=c)[0]) for c in range(len(layout.letters))]
+    return min(range(len(losses)), key=lambda c: (losses[c], c))
+
+
+def _keeps_logits(model) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _retokenises(tokenizer, suffix: list[int]) -> bool:
+    return tokenizer(tokenizer.decode(suffix), add_special_tokens=False)["input_ids"] == list(suffix)
+
+
+def initial_suffix(tokenizer, n_tokens: int, allowed: torch.Tensor) -> list[int]:
+    """" ! ! ! ..." as in the GCG reference (the last token of " !"), else the first allowed token."""
+    ids = tokenizer(" !", add_special_tokens=False)["input_ids"]
+    token = ids[-1] if ids and ids[-1] < len(allowed) and allowed[ids[-1]] else int(allowed.nonzero()[0])
+    return [token] * n_tokens
+
+
+def gcg_question(model, tokenizer, question: Question, *, n_tokens: int = 20, steps: int = 50,
+                 candidates: int = 128, top_k: int = 64, batch_size: int = 64, seed: int = 0,
+                 allowed: torch.Tensor | None = None, filter_retokenize: bool = True) -> dict:
+    """Run GCG on one question; returns the loss curve and the best suffix found."""
+    vocabulary = model.get_input_embeddings().weight.shape[0]
+    allowed = allowed_tokens(tokenizer, vocabulary) if allowed is None else allowed
+    layout = make_layout(tokenizer, question)
+    generator = torch.Generator().manual_seed(seed)
+    suffix = initial_suffix(tokenizer, n_tokens, allowed)
+    with _frozen_eval(model):
+        initial = float(suffix_losses(model, layout, [suffix])[0])
+        curve, best, best_loss, evaluated = [initial], list(suffix), initial, 0
+        for _ in range(steps):
+            gradient, _ = suffix_gradient(model, layout, suffix)
+            gradient[:, ~allowed.to(gradient.device)] = float("inf")
+            top = (-gradient).topk(min(top_k, int(allowed.sum())), dim=1).indices.cpu()  # (n_tokens, k)
+            positions = (torch.arange(candidates) * n_tokens // candidates) % n_tokens
+            choices = torch.randint(top.shape[1], (candidates,), generator=generator)
+            pool = []
+            for position, choice in zip(positions.tolist(), choices.tolist()):
+                candidate = list(suffix)
+                candidate[position] = int(top[position, choice])
+                if candidate != suffix and (not filter_retokenize or _retokenises(tokenizer, candidate)):
+                    pool.append(candidate)
+            if not pool:
+                curve.append(curve[-1])
+                continue
+            losses = suffix_losses(model, layout, pool, batch_size)
+            evaluated += len(pool)
+            index = int(losses.argmin())
+            suffix, loss = pool[index], float(losses[index])
+            curve.append(loss)
+            if loss < best_loss:
+                best, best_loss = list(suffix), loss
+        predicted = predicted_letter(model, layout, best)
+        predicted_initial = predicted_letter(model, layout, initial_suffix(tokenizer, n_tokens, allowed))
+    return {
+        "answer": question.answer,
+        "initial_loss": initial,
+        "best_loss": best_loss,
+        "loss_curve": curve,
+        "suffix_ids": best,
+        "suffix_text": tokenizer.decode(best),
+        "candidates_evaluated": evaluated,
+        "token_predicted": predicted,
+        "token_correct": predicted == question.answer,
+        "token_correct_initial": predicted_initial == question.answer,
+    }
+
+
+def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_tokens: int = 20,
+               steps: int = 50, candidates: int = 128, top_k: int = 64, batch_size: int = 64,
+               limit: int | None = None, seed: int = 0, filter_retokenize: bool = True,
+               progress: bool = True, plot: bool = True) -> dict:
+    """GCG against each model with the same budget.
+
+    ``models``: name -> checkpoint path or (model, tokenizer). ``questions``: a forget question task
+    (name, file or :class:`~rmu.tasks.Task`). Writes ``gcg.json`` and ``gcg.png`` to ``output``.
+    """
+    for name, value in (("n_tokens", n_tokens), ("steps", steps), ("candidates", candidates), ("top_k", top_k),
+                        ("batch_size", batch_size)):
+        if value < 1:
+            raise AttackError(f"{name} must be at least 1, got {value}")
+    task = load_questions(questions, limit)
+    data = {
+        "kind": "gcg",
+        "settings": {"n_tokens": n_tokens, "steps": steps, "candidates": candidates, "top_k": top_k,
+                     "seed": seed, "questions": task.name, "count": len(task), "filter_retokenize": filter_retokenize,
+                     "models": describe_models(models)},
+        "budget": {"steps": steps, "candidates_per_step": candidates, "gradient_calls_per_question": steps,
+                   "forward_candidates_per_question": steps * candidates,
+                   "total_forward_candidates_per_model": steps * candidates * len(task)},
+        "models": {},
+    }
+    for name, (model, tokenizer) in as_models(models).items():
+        vocabulary = model.get_input_embeddings().weight.shape[0]
+        allowed = allowed_tokens(tokenizer, vocabulary)
+        records = []
+        bar = tqdm(task.questions, desc=f"GCG ({name})", disable=not progress, unit="question", dynamic_ncols=True)
+        for number, question in enumerate(bar):
+            record = gcg_question(model, tokenizer, question, n_tokens=n_tokens, steps=steps, candidates=candidates,
+                                  top_k=top_k, batch_size=batch_size, seed=seed + number, allowed=allowed,
+                                  filter_retokenize=filter_retokenize)
+            records.append({"index": number, **record})
+            bar.set_postfix(loss=f"{record['initial_loss']:.3g}->{record['best_loss']:.3g}")
+        before = score_task(model, tokenizer, task, "letter", progress=False)
+        attacked = Task(task.name, [question_with_suffix(q, r["suffix_text"]) for q, r in zip(task.questions, records)])
+        after = score_task(model, tokenizer, attacked, "letter", progress=False)
+        for record, plain, suffixed in zip(records, before.predictions, after.predictions):
+            record["correct_before"], record["correct_after"] = plain.correct, suffixed.correct
+        curves = [r["loss_curve"] for r in records]
+        data["models"][name] = {
+            "accuracy_before": before.accuracy,
+            "accuracy_after": after.accuracy,
+            "token_accuracy_initial_suffix": mean(r["token_correct_initial"] for r in records),
+            "token_accuracy_after": mean(r["token_correct"] for r in records),
+            "mean_initial_loss": mean(r["initial_loss"] for r in records),
+            "mean_best_loss": mean(r["best_loss"] for r in records),
+            "mean_loss_curve": [mean(c[i] for c in curves) for i in range(len(curves[0]))],
+            "questions": records,
+        }
+    if output is not None:
+        output = Path(output)
+        write_json(output / RESULT_FILE, data)
+        if plot:
+            from rmu.attacks import plots
+
+            plots.save_figure(plots.plot_gcg(data), output / "gcg.png")
+    return data

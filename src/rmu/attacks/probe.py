@@ -1,0 +1,107 @@
+"""Linear probes: is the forgotten answer still linearly readable from the activations?
+
+For each forget question, the prompt (the evaluator's letter prompt by default, which lists the
+choices) is run once and the output of every decoder layer at the prompt's last token is kept.
+Per layer, a logistic regression (scikit-learn, features standardised) predicts the index of the
+correct choice; its accuracy is the mean over ``splits`` random stratified train/test splits
+(``test_fraction`` held out). Chance is about 1/number of choices (the majority class is reported).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json
+from rmu.evaluate import cloze_prompt, letter_prompt
+
+RESULT_FILE = "probe.json"
+PROMPTS = {"letter": letter_prompt, "cloze": cloze_prompt}
+
+
+@torch.no_grad()
+def layer_activations(model, tokenizer, prompts: list[str], progress: bool = False, desc: str = "activations"):
+    """(layers, prompts, hidden) float32: each decoder layer's output at each prompt's last token."""
+    device = model.get_input_embeddings().weight.device
+    rows = []
+    was_training = model.training
+    model.eval()
+    try:
+        for prompt in tqdm(prompts, desc=desc, disable=not progress, unit="prompt", dynamic_ncols=True):
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+            if ids.shape[1] == 0:
+                raise AttackError(f"prompt {prompt[:40]!r} encodes to no tokens")
+            hidden = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+            rows.append(torch.stack([h[0, -1].float().cpu() for h in hidden[1:]]))  # skip the embeddings
+    finally:
+        model.train(was_training)
+    return torch.stack(rows, dim=1)
+
+
+def probe_accuracy(features, labels, *, test_fraction: float = 0.3, splits: int = 5, seed: int = 0,
+                   c: float = 1.0) -> float:
+    """Mean held-out accuracy of a logistic regression over ``splits`` stratified random splits."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        raise AttackError("the probe needs scikit-learn: pip install scikit-learn") from None
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if len(set(y.tolist())) < 2:
+        raise AttackError("the probe needs at least two different answers")
+    if not 0 < test_fraction < 1:
+        raise AttackError("test_fraction must lie strictly between 0 and 1")
+    classes, test_count = len(set(y.tolist())), int(np.ceil(test_fraction * len(y)))
+    stratify = min(Counter(y.tolist()).values()) >= 2 and classes <= test_count <= len(y) - classes
+    splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(n_splits=splits, test_size=test_fraction,
+                                                                      random_state=seed)
+    scores = []
+    for train, test in splitter.split(x, y):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        probe.fit(x[train], y[train])
+        scores.append(float((probe.predict(x[test]) == y[test]).mean()))
+    return float(np.mean(scores))
+
+
+def probe_attack(models: dict, questions, output: str | Path | None = None, *, prompt: str = "letter",
+                 test_fraction: float = 0.3, splits: int = 5, seed: int = 0, c: float = 1.0,
+                 limit: int | None = None, progress: bool = True, plot: bool = True) -> dict:
+    """Probe accuracy per layer for each model (e.g. base and unlearned) on forget questions."""
+    if prompt not in PROMPTS:
+        raise AttackError(f"unknown prompt {prompt!r}; use {', '.join(PROMPTS)}")
+    if splits < 1:
+        raise AttackError("splits must be at least 1")
+    task = load_questions(questions, limit)
+    if len(task) < 4:
+        raise AttackError(f"a probe needs several questions; {task.name} has {len(task)}")
+    labels = [q.answer for q in task.questions]
+    prompts = [PROMPTS[prompt](q) for q in task.questions]
+    majority = max(Counter(labels).values()) / len(labels)
+    data = {"kind": "probe",
+            "settings": {"prompt": prompt, "test_fraction": test_fraction, "splits": splits, "seed": seed, "c": c,
+                         "questions": task.name, "count": len(task), "models": describe_models(models),
+                         "target": "index of the correct choice"},
+            "majority_class": majority, "models": {}}
+    for name, (model, tokenizer) in as_models(models).items():
+        activations = layer_activations(model, tokenizer, prompts, progress, desc=f"activations ({name})")
+        per_layer = [probe_accuracy(activations[layer].numpy(), labels, test_fraction=test_fraction, splits=splits,
+                                    seed=seed, c=c)
+                     for layer in tqdm(range(activations.shape[0]), desc=f"probes ({name})", disable=not progress)]
+        data["models"][name] = {"layers": list(range(len(per_layer))), "accuracy": per_layer,
+                                "best_layer": int(np.argmax(per_layer)), "best_accuracy": max(per_layer)}
+    if output is not None:
+        output = Path(output)
+        write_json(output / RESULT_FILE, data)
+        if plot:
+            from rmu.attacks import plots
+
+            plots.save_figure(plots.plot_probe(data), output / "probe.png")
+    return data

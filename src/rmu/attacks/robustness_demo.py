@@ -1,0 +1,127 @@
+"""Every attack on the demo benchmark's SmolLM2 models: what ``docs/robustness.md`` reports.
+
+``python -m rmu.attacks.robustness_demo OUTPUT`` (or :func:`run`) builds, in memory and from the
+same base weights, the base model, RMU, Adaptive RMU, and both again with random noise
+augmentation (``noise``), then runs each attack with small CPU budgets and writes each attack's
+JSON and PNG into OUTPUT. Stages already written are skipped, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from rmu.attacks import ablate_attack, gcg_attack, keyword_attack, probe_attack, relearn_attack
+from rmu.config import make_config
+from rmu.demo.benchmark import build_benchmark, write_benchmark
+from rmu.demo.model import smollm2_path
+from rmu.engine import unlearn
+from rmu.loading import load_model
+from rmu.tasks import load_task_file
+
+
+@dataclass(frozen=True)
+class Settings:
+    layer: int = 7
+    batch_size: int = 4
+    max_len: int = 128
+    lr: float = 3e-3
+    alpha: float = 1000.0
+    steps: int = 100
+    steering_coeff: float = 300.0
+    beta: float = 2.0
+    noise: float = 1.0
+    seed: int = 42
+    gcg_questions: int = 8
+    gcg_steps: int = 10
+    gcg_candidates: int = 32
+    gcg_tokens: int = 10
+    relearn_k: int = 8
+    relearn_steps: int = 12
+    relearn_eval_every: int = 4
+    relearn_lr: float = 1e-5
+    relearn_questions: int = 40
+    ablate_questions: int = 40
+
+
+def build_models(settings: Settings, data: Path, progress: bool = True):
+    """{"base", "rmu", "adaptive", "rmu+noise", "adaptive+noise"} -> (model, tokenizer), and control vectors."""
+    folder = smollm2_path(progress=progress)
+    model, tokenizer = load_model(folder)
+    paths = write_benchmark(data, build_benchmark(seed=0))
+    models, vectors, runs = {"base": (copy.deepcopy(model), tokenizer)}, {}, {}
+    for name, method, noise in (("rmu", "rmu", 0.0), ("adaptive", "adaptive", 0.0),
+                                ("rmu+noise", "rmu", settings.noise), ("adaptive+noise", "adaptive", settings.noise)):
+        config = make_config(dict(
+            model=str(folder), forget={"elements": str(paths["forget_corpus"])}, retain=[str(paths["retain_corpus"])],
+            method=method, layer=settings.layer, steps=settings.steps, batch_size=settings.batch_size,
+            max_len=settings.max_len, retain_max_len=settings.max_len, min_len=0, lr=settings.lr,
+            alpha=settings.alpha, steering_coeff=settings.steering_coeff, beta=settings.beta, noise=noise,
+            seed=settings.seed, device="cpu"))
+        result = unlearn(config, model=model, tokenizer=tokenizer, progress=progress)
+        models[name] = (copy.deepcopy(model), tokenizer)
+        vectors[name] = result.control_vectors["elements"].clone()
+        runs[name] = {"seconds": round(result.seconds, 1), "coefficients": result.coefficients,
+                      "final_forget_loss": result.records[-1]["forget_loss"],
+                      "final_retain_loss": result.records[-1]["retain_loss"]}
+        result.restore_original()
+    return models, vectors, paths, runs
+
+
+def run(output: str | Path, settings: Settings = Settings(), progress: bool = True) -> dict:
+    torch.set_num_threads(1)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    started = time.perf_counter()
+    models, vectors, paths, runs = build_models(settings, output / "data", progress)
+    timings["unlearning"] = time.perf_counter() - started
+    (output / "settings.json").write_text(json.dumps({"settings": asdict(settings), "runs": runs}, indent=2))
+    forget = load_task_file(paths["forget_questions"], name="forget_questions")
+    retain = load_task_file(paths["retain_questions"], name="retain_questions")
+    benchmark = build_benchmark(seed=0)
+    main = {k: models[k] for k in ("base", "rmu", "adaptive")}
+    unlearned = {k: models[k] for k in ("rmu", "adaptive")}
+
+    def stage(name, function):
+        if (output / name / f"{name}.json").exists():
+            return
+        begin = time.perf_counter()
+        function(output / name)
+        timings[name] = time.perf_counter() - begin
+        print(f"[{name}] {timings[name]:.0f} s", flush=True)
+        (output / "timings.json").write_text(json.dumps(timings, indent=2))
+
+    def scores(out):
+        from rmu.attacks.common import accuracy, write_json
+
+        write_json(out / "scores.json", {name: {"forget": accuracy(m, t, forget), "retain": accuracy(m, t, retain)}
+                                         for name, (m, t) in models.items()})
+
+    stage("scores", scores)
+    stage("keywords", lambda out: keyword_attack(models, retain, benchmark.forget_taught, out, progress=progress))
+    stage("probe", lambda out: probe_attack(main, forget, out, progress=progress))
+    stage("ablate", lambda out: ablate_attack(
+        unlearned, forget, out, layer=settings.layer, base=main["base"], forget_texts=str(paths["forget_corpus"]),
+        control_vectors={k: vectors[k] for k in unlearned}, retain_questions=retain,
+        limit=settings.ablate_questions, progress=progress))
+    stage("relearn", lambda out: relearn_attack(
+        unlearned, forget, str(paths["forget_corpus"]), benchmark.general_text, out, k=settings.relearn_k,
+        steps=settings.relearn_steps, lr=settings.relearn_lr, eval_every=settings.relearn_eval_every,
+        limit=settings.relearn_questions, progress=progress))
+    stage("gcg", lambda out: gcg_attack(
+        main, forget, out, n_tokens=settings.gcg_tokens, steps=settings.gcg_steps, candidates=settings.gcg_candidates,
+        batch_size=settings.gcg_candidates, limit=settings.gcg_questions, progress=progress))
+    timings["total"] = time.perf_counter() - started
+    (output / "timings.json").write_text(json.dumps(timings, indent=2))
+    return timings
+
+
+if __name__ == "__main__":
+    run(sys.argv[1] if len(sys.argv) > 1 else "robustness-results")
