@@ -131,6 +131,16 @@ def main() -> None:
     model = smollm2_path()
     print(f"SmolLM2-135M-Instruct, layer {args.layer}, batch {args.batch} x {args.length} tokens, "
           f"{torch.get_num_threads()} threads, float32, CPU")
+    # Memory first: Linux carries a parent's peak RSS into its children, so they must start
+    # before this process loads any model.
+    engine_memory = measure_memory(args, "engine")
+    reference_memory = measure_memory(args, "reference")
+    engine_need = engine_memory["peak_mib"] - engine_memory["baseline_mib"]
+    reference_need = reference_memory["peak_mib"] - reference_memory["baseline_mib"]
+    print(f"peak memory engine {engine_need:7.0f} MiB reference {reference_need:7.0f} MiB "
+          f"ratio {engine_need / reference_need:5.2f}x   (above a baseline of "
+          f"{engine_memory['baseline_mib']:.0f} MiB after imports)")
+
     with tempfile.TemporaryDirectory() as folder:
         forget, retain = write_corpora(Path(folder), args.steps * args.batch, args.words)
         engine_times = time_engine(args, model, forget, retain)
@@ -139,14 +149,6 @@ def main() -> None:
     reference_step = statistics.median(reference_times[1:])
     print(f"step time   engine {engine_step:7.2f} s   reference {reference_step:7.2f} s   "
           f"speed-up {reference_step / engine_step:5.2f}x")
-
-    engine_memory = measure_memory(args, "engine")
-    reference_memory = measure_memory(args, "reference")
-    engine_need = engine_memory["peak_mib"] - engine_memory["baseline_mib"]
-    reference_need = reference_memory["peak_mib"] - reference_memory["baseline_mib"]
-    print(f"peak memory engine {engine_need:7.0f} MiB reference {reference_need:7.0f} MiB "
-          f"ratio {engine_need / reference_need:5.2f}x   (above a baseline of "
-          f"{engine_memory['baseline_mib']:.0f} MiB after imports)")
 
 
 if __name__ == "__main__":
