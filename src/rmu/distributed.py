@@ -40,6 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rmu.structure import layer_hidden
+
 
 @dataclass(frozen=True)
 class RowShare:
@@ -144,8 +146,7 @@ def _run_layer(layer: nn.Module, hidden: torch.Tensor, call) -> torch.Tensor:
         output = layer(*call.args, hidden_states=hidden, **call.kwargs)
     else:
         output = layer(hidden, *call.args, **call.kwargs)
-    # Decoder layers return a tensor (transformers 5) or a tuple whose first item is the hidden state.
-    return output[0] if isinstance(output, (tuple, list)) else output
+    return layer_hidden(output)
 
 
 def wrap_data_parallel(stack: UpdatedLayers, ranks: Ranks) -> nn.Module:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from rmu import checkpoint, distributed, rules
 from rmu.config import UnlearnConfig
 from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
-from rmu.structure import ModelStructure, find_structure, select_parameters
+from rmu.structure import ModelStructure, find_structure, layer_hidden, select_parameters
 
 
 class UnlearnError(RuntimeError):
@@ -71,11 +71,6 @@ class FrozenPass:
     hidden_in: torch.Tensor  # input of the first updated layer (shared by both models)
     calls: list[_LayerCall]  # arguments of layers first..l
     output: torch.Tensor  # frozen layer-l output
-
-
-def _layer_output(output) -> torch.Tensor:
-    # Decoder layers return a tensor (transformers 5) or a tuple whose first item is the hidden state.
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 class LayerRunner:
@@ -129,7 +124,7 @@ class LayerRunner:
             calls.append(_LayerCall(tuple(args[1:]), rest_kwargs, hidden_is_keyword))
 
         def record_output_and_stop(module, args, kwargs, output):
-            captured["output"] = _layer_output(output)
+            captured["output"] = layer_hidden(output)
             raise _StopForward
 
         handles = [layer.register_forward_pre_hook(record_inputs, with_kwargs=True) for layer in layers]

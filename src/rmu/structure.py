@@ -111,6 +111,18 @@ def mlp_output_projection(layer: nn.Module, hidden_size: int) -> str:
     return f"{mlp_name}.{found}.weight"
 
 
+def layer_hidden(output) -> torch.Tensor:
+    """The hidden state a decoder layer returned: a tensor (transformers 5) or a tuple's first item."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def with_layer_hidden(output, hidden: torch.Tensor):
+    """A decoder layer's ``output`` with its hidden state replaced, in the same form (for hooks)."""
+    if isinstance(output, (tuple, list)):
+        return type(output)([hidden, *output[1:]])
+    return hidden
+
+
 # Named selections for ``--params``; anything else is a glob on parameter names inside the layer.
 PARAM_PRESETS = ("mlp-out", "mlp", "attn", "layer")
 

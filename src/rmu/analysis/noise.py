@@ -25,8 +25,7 @@ from typing import Sequence
 import torch
 
 from rmu.analysis.common import AnalysisError, forget_batches, model_or_path, write_json
-from rmu.engine import _layer_output
-from rmu.structure import find_structure
+from rmu.structure import find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "noise.json"
 SCALE_MODES = ("relative", "absolute")
@@ -36,25 +35,17 @@ class _Stop(Exception):
     pass
 
 
-def _replace_output(output, hidden):
-    if isinstance(output, tuple):
-        return (hidden, *output[1:])
-    if isinstance(output, list):
-        return [hidden, *output[1:]]
-    return hidden
-
-
 @torch.no_grad()
 def _last_output(model, layers, batch, noise_layer: int | None = None, noise_fn=None) -> torch.Tensor:
     """The last decoder layer's output, with ``noise_fn(h)`` added to layer ``noise_layer``'s output."""
     captured = {}
 
     def add_noise(module, args, output):
-        hidden = _layer_output(output)
-        return _replace_output(output, hidden + noise_fn(hidden))
+        hidden = layer_hidden(output)
+        return with_layer_hidden(output, hidden + noise_fn(hidden))
 
     def capture(module, args, output):
-        captured["h"] = _layer_output(output)
+        captured["h"] = layer_hidden(output)
         raise _Stop
 
     handles = [layers[-1].register_forward_hook(capture)]

@@ -25,7 +25,7 @@ from rmu.analysis.common import AnalysisError, forget_batches, layer_output
 from rmu.attacks.common import (
     AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
 )
-from rmu.structure import find_structure
+from rmu.structure import find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "ablate.json"
 
@@ -53,9 +53,7 @@ def projection_hook(model, layers: int | Sequence[int], direction: torch.Tensor)
                           f"{structure.hidden_size}")
 
     def hook(module, args, output):
-        if isinstance(output, (tuple, list)):
-            return (project_out(output[0], direction), *output[1:])
-        return project_out(output, direction)
+        return with_layer_hidden(output, project_out(layer_hidden(output), direction))
 
     handles = [structure.layers[layer].register_forward_hook(hook) for layer in layers]
     try:
