@@ -368,3 +368,10 @@ def test_report_of_an_unlearn_run(workspace, tmp_path):
     text = paths["markdown"].read_text()
     assert "Unlearning run" in text and '"layer": 2' in text
     assert math.isfinite(json.loads((tmp_path / "run" / "run.json").read_text())["steps"][-1]["forget_loss"])
+
+
+def test_the_command_line_offers_every_scoring_of_the_evaluator():
+    from rmu.cli.sweep import SCORINGS as offered
+    from rmu.evaluate import SCORINGS
+
+    assert set(offered) == set(SCORINGS)

@@ -39,9 +39,9 @@ def tiny():
 # --------------------------------------------------------------------------------------------- GCG
 
 
-def direct_loss(model, tokenizer, question, suffix):
+def direct_loss(model, tokenizer, question, suffix, scoring="letter"):
     """The loss recomputed independently: one forward pass over the whole token sequence."""
-    layout = make_layout(tokenizer, question)
+    layout = make_layout(tokenizer, question, scoring)
     ids = torch.tensor([layout.before + suffix + layout.after + layout.target])
     with torch.no_grad():
         log_probs = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
@@ -77,7 +77,7 @@ def test_gcg_steers_a_model_whose_answer_is_learnable():
     suffixes = [[trigger if i == position else filler for i in range(3)] for position in range(3)] + [[filler] * 3] * 3
     choices = [2, 2, 2, 0, 0, 0]
     ids = torch.tensor([layout.ids(suffix, choice) for suffix, choice in zip(suffixes, choices)])
-    targets = torch.tensor([layout.letters[choice] for choice in choices])
+    targets = torch.tensor([layout.continuations[choice] for choice in choices])
     n = targets.shape[1]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(100):
@@ -108,6 +108,34 @@ def test_gcg_attack_reports_budget_accuracy_and_writes_files(tiny, tmp_path):
     for record in entry["questions"]:
         assert record["candidates_evaluated"] <= 24
     assert (tmp_path / "gcg.json").is_file() and (tmp_path / "gcg.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("scoring", ["cloze", "completion"])
+def test_gcg_on_answer_text_scorings_is_exact_and_agrees_with_the_evaluator(tiny, scoring):
+    model, tokenizer = tiny
+    task = tiny_task(3)
+    data = gcg_attack({"a": (model, tokenizer)}, task, None, n_tokens=4, steps=4, candidates=16, top_k=16,
+                      scoring=scoring, progress=False)
+    entry = data["models"]["a"]
+    assert data["settings"]["scoring"] == scoring
+    plain = evaluate(model, tokenizer, task, scoring=scoring, progress=False)[task.name]
+    assert entry["accuracy_before"] == pytest.approx(plain.accuracy)
+    layout = make_layout(tokenizer, task.questions[0], scoring)
+    assert layout.after == ([] if scoring == "completion" else tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"])
+    for question, record in zip(task.questions, entry["questions"]):
+        assert record["best_loss"] <= record["initial_loss"]
+        assert record["best_loss"] == pytest.approx(direct_loss(model, tokenizer, question, record["suffix_ids"], scoring),
+                                                    abs=1e-4)
+    # the evaluator, fed the suffix as text, predicts what the attack predicted for the token sequence
+    attacked = Task("attacked", [Question(q.question.strip() + r["suffix_text"], q.choices, q.answer, q.subject)
+                                 for q, r in zip(task.questions, entry["questions"])])
+    scored = evaluate(model, tokenizer, attacked, scoring=scoring, progress=False)["attacked"]
+    assert [p.correct for p in scored.predictions] == [r["token_correct"] for r in entry["questions"]]
+
+
+def test_gcg_rejects_an_unknown_scoring(tiny):
+    with pytest.raises(AttackError, match="scoring"):
+        gcg_attack({"a": tiny}, tiny_task(), scoring="essay", progress=False)
 
 
 def test_suffix_losses_batching_does_not_change_numbers(tiny):
@@ -228,6 +256,30 @@ def test_probe_is_perfect_on_linearly_separable_data():
     assert probe_accuracy(features.numpy(), labels) >= 0.99
     shuffled = torch.randn(80, 32, generator=generator)
     assert probe_accuracy(shuffled.numpy(), labels, splits=5) < 0.6
+
+
+def test_statement_probe_finds_the_true_statement_only_when_it_is_encoded():
+    from rmu.attacks.probe import statement_probe_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    answers = [i % 4 for i in range(60)]
+    truth_direction = torch.randn(32, generator=generator)
+    features = torch.randn(60, 4, 32, generator=generator)
+    encoded = features.clone()
+    encoded[torch.arange(60), torch.tensor(answers)] += 3 * truth_direction  # true statements lean one way
+    assert statement_probe_accuracy(encoded.reshape(240, 32).numpy(), answers, 4) >= 0.95
+    chance = statement_probe_accuracy(features.reshape(240, 32).numpy(), answers, 4, splits=10)
+    assert chance < 0.5
+
+
+def test_probe_attack_on_statements(tiny, tmp_path):
+    model, tokenizer = tiny
+    data = probe_attack({"a": (model, tokenizer)}, tiny_task(12), tmp_path, prompt="completion", splits=2,
+                        progress=False)
+    assert data["majority_class"] == pytest.approx(0.25)
+    assert data["settings"]["target"] == "the true statement among the choices"
+    accuracy = data["models"]["a"]["accuracy"]
+    assert len(accuracy) == model.config.num_hidden_layers and all(0 <= a <= 1 for a in accuracy)
 
 
 def test_probe_attack_per_layer(tiny, tmp_path):

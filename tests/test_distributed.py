@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +84,21 @@ def test_two_processes_give_the_single_process_run(workspace, single_process, tm
         torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-7)
     moved = max((expected[n] - single.original_weights[n]).abs().max().item() for n in single.trained_parameters)
     assert moved > 1e-3  # the weights really changed, so equality above means something
+
+
+def test_fsdp_loading_reads_each_rank_its_own_rows(workspace, tmp_path):
+    """Decoder layers 0..l and the frozen copy are sharded as they are read: each rank holds its rows only."""
+    worker = Path(__file__).with_name("fsdp_load_worker.py")
+    run_job([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+             str(workspace / "model"), str(tmp_path), "3", "1"], cwd=tmp_path)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for report in reports:
+        assert report["wrong"] == []
+        assert (report["layers"], report["copies"]) == (4, 3)  # layers 0..3 kept; copy of the updated 1..3
+        assert report["whole"] > 0  # embeddings and final norm, replicated
+    sharded = reports[0]["sharded"]
+    assert reports[0]["held"] + reports[1]["held"] == sharded  # the two shards make each tensor exactly once
+    assert 0.4 * sharded < reports[0]["held"] < 0.6 * sharded
 
 
 def test_rows_split_as_evenly_as_possible_and_weights_add_up():

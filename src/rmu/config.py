@@ -66,7 +66,7 @@ class UnlearnConfig(BaseModel):
     trust_remote_code: bool = False
     full_load: bool = False  # load the whole model instead of layers 0..l only
     gradient_checkpointing: bool = False  # recompute the updated layers in backward (less memory)
-    fsdp: bool = False  # shard the updated layers across ranks with FSDP2 (under torchrun)
+    fsdp: bool = False  # shard layers 0..l across ranks with FSDP2 as they are read (under torchrun)
 
     @field_validator("forget", mode="before")
     @classmethod

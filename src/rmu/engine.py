@@ -87,10 +87,13 @@ class LayerRunner:
         self.frozen_weights = frozen_weights
         self.frozen_copy: list[nn.Module] | None = None  # under FSDP, runs in place of layers first..l
 
-    def distribute(self, ranks: distributed.Ranks, fsdp: bool) -> None:
-        """Wrap the updated layers for data-parallel (DDP) or sharded (FSDP2) training."""
+    def distribute(self, ranks: distributed.Ranks, fsdp: bool, frozen_copy: list[nn.Module] | None = None) -> None:
+        """Wrap the updated layers for data-parallel (DDP) or sharded (FSDP2) training.
+
+        ``frozen_copy``: sharded frozen layers that :func:`distributed.load_sharded` already built.
+        """
         if fsdp:
-            self.updated_module, self.frozen_copy = distributed.shard_updated_layers(self.stack, ranks)
+            self.updated_module, self.frozen_copy = distributed.shard_updated_layers(self.stack, ranks, frozen_copy)
         elif ranks.distributed:
             self.updated_module = distributed.wrap_data_parallel(self.stack, ranks)
 
@@ -308,9 +311,15 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
     corpora = _read_corpora(config)
     device = ranks.device
     loaded_from_source = model is None
+    frozen_copy = None  # built while loading when FSDP shards layers as they are read
     if loaded_from_source:
         _check_layer_before_loading(config)
-        model, tokenizer = _load(config, device)
+        if config.fsdp and not config.full_load:
+            model, tokenizer, frozen_copy = distributed.load_sharded(
+                config.model, config.layer, config.update_layers[0], ranks, getattr(torch, config.dtype),
+                config.trust_remote_code)
+        else:
+            model, tokenizer = _load(config, device)
     if tokenizer is None:
         raise UnlearnError("pass the tokenizer together with the model")
     prepare_tokenizer(tokenizer)
@@ -325,7 +334,7 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
     previous_flags = _freeze_all_but(model, trained)
     runner = LayerRunner(model, structure, config.update_layers[0], config.layer, original,
                          config.gradient_checkpointing)
-    runner.distribute(ranks, config.fsdp)
+    runner.distribute(ranks, config.fsdp, frozen_copy)
     parameters = dict(model.named_parameters())  # FSDP replaced the trained parameters by shards
     tensors = TrainedTensors({name: parameters[name] for name in trained})
 

@@ -172,13 +172,27 @@ def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
 
 
 def _load_truncated(folder: Path, upto_layer: int, dtype, device, trust_remote_code) -> nn.Module:
-    weight_map = checkpoint_weight_map(folder)
+    model = truncated_skeleton(folder, upto_layer, dtype, trust_remote_code)
+    return materialise(model, folder, dtype, device)
+
+
+def truncated_skeleton(folder: Path, upto_layer: int, dtype, trust_remote_code: bool = False) -> nn.Module:
+    """Layers 0..upto_layer and no LM head, every parameter still on the meta device (no memory).
+
+    Fill it with :func:`materialise`; in between, modules may be sharded (FSDP2 on meta tensors,
+    see :func:`rmu.distributed.load_sharded`) so that each process reads only its own rows.
+    """
     model = _build_skeleton(folder, dtype, trust_remote_code)
     _drop_layers_above(model, upto_layer)
     _omit_lm_head(model)
-    _materialise_from_shards(model, folder, weight_map, dtype, device)
-    model.to(device)  # buffers were built on the CPU; parameters are already in place
     model.rmu_truncated_at_layer = upto_layer
+    return model
+
+
+def materialise(model: nn.Module, folder: Path, dtype, device) -> nn.Module:
+    """Give every meta tensor of a :func:`truncated_skeleton` its checkpoint value; returns the model."""
+    _materialise_from_shards(model, folder, checkpoint_weight_map(folder), dtype, device)
+    model.to(device)  # buffers were built on the CPU; parameters are already in place
     return model.eval()
 
 
@@ -235,12 +249,62 @@ def _materialise_from_shards(model: nn.Module, folder: Path, weight_map, dtype, 
             planned.append((names, key))
     _fail_on_missing(model, missing)  # before reading anything: fail fast on a foreign layout
     for names, key in planned:
+        tensor = _get_tensor(model, names[0])
+        if _is_shard(tensor):  # sharded by FSDP2: read this process's rows only, in place
+            fill_shard(tensor, folder / weight_map[key], key)
+            continue
         with safe_open(folder / weight_map[key], framework="pt") as handle:
             value = handle.get_tensor(key)
         target_dtype = torch.float32 if any(p in names[0] for p in keep_fp32) else dtype
         if not value.is_floating_point():
             target_dtype = value.dtype  # integer buffers (position ids) keep their type
         _place(model, names, value.to(device=device, dtype=target_dtype))
+
+
+def _is_shard(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def shard_rows(rows: int, rank: int, world_size: int) -> slice:
+    """The rows of dimension 0 that FSDP2 gives ``rank`` (``torch.chunk``: ceil-sized, last ones short)."""
+    size = -(-rows // world_size)
+    return slice(min(rank * size, rows), min((rank + 1) * size, rows))
+
+
+@torch.no_grad()
+def fill_shard(parameter: torch.Tensor, shard_file: Path, key: str) -> None:
+    """Copy this process's rows of checkpoint tensor ``key`` into an FSDP2 parameter shard.
+
+    safetensors reads only the requested rows, so no process ever holds the whole tensor.
+    """
+    from torch.distributed.tensor import Shard
+
+    placements = parameter.placements
+    if len(placements) != 1 or placements[0] != Shard(0):
+        raise CheckpointError(f"{key}: only FSDP2's default sharding on dimension 0 can be loaded, got {placements}")
+    mesh = parameter.device_mesh
+    rows = shard_rows(parameter.shape[0], mesh.get_local_rank(), mesh.size())
+    local = parameter.to_local()
+    with safe_open(shard_file, framework="pt") as handle:
+        part = handle.get_slice(key)
+        if tuple(part.get_shape()) != tuple(parameter.shape):
+            raise CheckpointError(f"{key}: checkpoint shape {tuple(part.get_shape())} != model {tuple(parameter.shape)}")
+        value = part[rows] if rows.stop > rows.start else torch.empty(0)
+    if local.numel() != value.numel():
+        raise CheckpointError(f"{key}: FSDP2 holds {tuple(local.shape)} on this rank, expected rows {rows}")
+    local.copy_(value.reshape(local.shape).to(local.dtype))
+
+
+def fill_sharded_copy(module: nn.Module, name_in_model: str, folder: Path) -> None:
+    """Fill the FSDP2-sharded parameters of ``module``, a copy of the model's submodule ``name_in_model``."""
+    weight_map = checkpoint_weight_map(folder)
+    for name, parameter in module.named_parameters():
+        key = _checkpoint_key(f"{name_in_model}.{name}", weight_map)
+        if key is None:
+            raise CheckpointError(f"the checkpoint has no tensor for {name_in_model}.{name}")
+        fill_shard(parameter, folder / weight_map[key], key)
 
 
 def _tensor_aliases(model: nn.Module) -> dict[int, list[str]]:

@@ -1,10 +1,10 @@
 """Token confidence on forget questions: the max logit (MaxLogit) of greedily generated tokens.
 
-For each question, the prompt (the evaluator's cloze or letter prompt) is fed to the model and
-``tokens`` tokens are generated greedily (argmax, no stopping at end-of-sequence, so every question
-gives exactly ``tokens`` values). The value recorded for a generated token is the largest raw logit
-(before softmax) at the step that produced it. The paper's claim: after RMU the distribution of
-these values moves down and narrows.
+For each question, the prompt (the evaluator's prompt of a scoring: cloze, letter, or the bare
+question for completion) is fed to the model and ``tokens`` tokens are generated greedily (argmax,
+no stopping at end-of-sequence, so every question gives exactly ``tokens`` values). The value
+recorded for a generated token is the largest raw logit (before softmax) at the step that produced
+it. The paper's claim: after RMU the distribution of these values moves down and narrows.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
-from rmu.evaluate import cloze_prompt, letter_prompt
+from rmu.evaluate import SCORINGS, prompt_and_continuations
 from rmu.tasks import Task, load_task
 
-PROMPTS = {"cloze": cloze_prompt, "letter": letter_prompt}
+# the evaluator's prompt of each scoring; "completion" feeds the question itself ("The symbol of iron is")
+PROMPTS = {scoring: (lambda q, s=scoring: prompt_and_continuations(q, s)[0]) for scoring in SCORINGS}
 RESULT_FILE = "confidence.json"
 
 

@@ -1,13 +1,16 @@
 """Greedy Coordinate Gradient (GCG, Zou et al. 2023) adversarial suffixes against forget questions.
 
 For each question, an ``n_tokens`` suffix is appended to the question text inside the evaluator's
-letter prompt (:func:`rmu.evaluate.letter_prompt`)::
+prompt for the chosen ``scoring`` (:func:`rmu.evaluate.prompt_and_continuations`). With ``letter``
+(the default, WMDP's format)::
 
     {description}{question} {suffix}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:
 
-and optimised so that the model puts the most probability on the correct answer letter (the
-continuation `` B`` etc., tokenised as the evaluator does). The loss is the cross-entropy of that
-continuation over the whole vocabulary. One step:
+the target is the correct letter (`` B``); with ``cloze`` (``Question: {question} {suffix}\\nAnswer:``)
+or ``completion`` (``{question} {suffix}``, e.g. "The chemical symbol of iron is ...") it is the
+correct answer's text (`` Fe``), tokenised as the evaluator does. Use the scoring under which the
+base model knows the answers: an attack on a model at chance under letter scoring shows nothing.
+The loss is the cross-entropy of the target continuation over the whole vocabulary. One step:
 
 1. the gradient of the loss with respect to the one-hot encoding of the suffix tokens;
 2. for each position, the ``top_k`` tokens with the most negative gradient;
@@ -20,12 +23,12 @@ Budget per question: ``steps`` gradient computations and ``steps x candidates`` 
 the same for every model compared. Candidates whose text does not re-tokenise into the same
 tokens are skipped (as in the GCG reference), so the suffix found can be written as text.
 
-The accuracy reported "with suffix" is the evaluator's own letter-scoring accuracy on the
+The accuracy reported "with suffix" is the evaluator's own accuracy (same scoring) on the
 questions with the suffix text appended (re-tokenised, as any user would feed it); the accuracy
 of the token sequence as optimised is reported beside it.
 
 Caveat: the attacker knows the answer and optimises for it, so a high accuracy with the suffix
-can also mean the suffix simply names the letter. Compare models at the same budget.
+can also mean the suffix simply names the answer. Compare models at the same budget.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, mean, write_json
-from rmu.evaluate import LETTERS, encode_pair, letter_prompt, score_task
+from rmu.evaluate import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task
 from rmu.tasks import Question, Task
 
 RESULT_FILE = "gcg.json"
@@ -52,16 +55,16 @@ class Layout:
     """Token ids of one question's prompt around the suffix, and of its answer continuations."""
 
     before: list[int]  # description and question (with BOS when the tokenizer adds one)
-    after: list[int]  # "\nA. ...\nAnswer:"
-    letters: list[list[int]]  # continuation of each letter (" A", " B", ...), as the evaluator splits it
+    after: list[int]  # the rest of the prompt: "\nA. ...\nAnswer:" (letter), "\nAnswer:" (cloze), none
+    continuations: list[list[int]]  # of each choice (" A" or " Fe" ...), as the evaluator splits them
     answer: int
 
     @property
     def target(self) -> list[int]:
-        return self.letters[self.answer]
+        return self.continuations[self.answer]
 
     def ids(self, suffix: Sequence[int], choice: int | None = None) -> list[int]:
-        target = self.target if choice is None else self.letters[choice]
+        target = self.target if choice is None else self.continuations[choice]
         return self.before + list(suffix) + self.after + target[:-1]
 
 
@@ -69,16 +72,16 @@ def question_with_suffix(question: Question, suffix_text: str) -> Question:
     return dataclasses.replace(question, question=question.question.strip() + suffix_text)
 
 
-def make_layout(tokenizer, question: Question) -> Layout:
-    text = letter_prompt(question_with_suffix(question, _MARK))
+def make_layout(tokenizer, question: Question, scoring: str = "letter") -> Layout:
+    text, _ = prompt_and_continuations(question_with_suffix(question, _MARK), scoring)
     before_text, after_text = text.split(_MARK)
     before = tokenizer(before_text)["input_ids"]
-    after = tokenizer(after_text, add_special_tokens=False)["input_ids"]
-    prompt = letter_prompt(question)
-    letters = [encode_pair(tokenizer, prompt, f" {LETTERS[i]}")[1] for i in range(len(question.choices))]
-    if any(not ids for ids in letters):
-        raise AttackError("an answer letter encodes to no tokens")
-    return Layout(before, after, letters, question.answer)
+    after = tokenizer(after_text, add_special_tokens=False)["input_ids"] if after_text else []
+    prompt, continuations = prompt_and_continuations(question, scoring)
+    continuation_ids = [encode_pair(tokenizer, prompt, text)[1] for text in continuations]
+    if any(not ids for ids in continuation_ids):
+        raise AttackError(f"an answer of {question.question!r} encodes to no tokens")
+    return Layout(before, after, continuation_ids, question.answer)
 
 
 def allowed_tokens(tokenizer, vocabulary: int) -> torch.Tensor:
@@ -146,10 +149,10 @@ def suffix_losses(model, layout: Layout, suffixes: Sequence[Sequence[int]], batc
                   choice: int | None = None) -> torch.Tensor:
     """Exact loss (-log-likelihood of the answer continuation) of each suffix, in batched forward passes.
 
-    ``choice``: score that choice's letter instead of the correct one.
+    ``choice``: score that choice's continuation instead of the correct one.
     """
     device = model.get_input_embeddings().weight.device
-    target_ids = layout.target if choice is None else layout.letters[choice]
+    target_ids = layout.target if choice is None else layout.continuations[choice]
     target = torch.tensor(target_ids, device=device)
     n = len(target_ids)
     kwargs = {"logits_to_keep": n} if _keeps_logits(model) else {}
@@ -161,10 +164,12 @@ def suffix_losses(model, layout: Layout, suffixes: Sequence[Sequence[int]], batc
     return torch.cat(losses)
 
 
-def predicted_letter(model, layout: Layout, suffix: Sequence[int]) -> int:
-    """The choice whose letter continuation is most likely after the token sequence (as letter scoring)."""
-    losses = [float(suffix_losses(model, layout, [suffix], choice=c)[0]) for c in range(len(layout.letters))]
-    return min(range(len(losses)), key=lambda c: (losses[c], c))
+def predicted_choice(model, layout: Layout, suffix: Sequence[int], question: Question, scoring: str) -> int:
+    """The choice the evaluator would pick after the token sequence (same per-character rule for cloze)."""
+    loglikelihoods = [-float(suffix_losses(model, layout, [suffix], choice=c)[0])
+                      for c in range(len(layout.continuations))]
+    scores = choice_scores(question, loglikelihoods, scoring)
+    return max(range(len(scores)), key=lambda c: (scores[c], -c))
 
 
 def _keeps_logits(model) -> bool:
@@ -186,11 +191,12 @@ def initial_suffix(tokenizer, n_tokens: int, allowed: torch.Tensor) -> list[int]
 
 def gcg_question(model, tokenizer, question: Question, *, n_tokens: int = 20, steps: int = 50,
                  candidates: int = 128, top_k: int = 64, batch_size: int = 64, seed: int = 0,
-                 allowed: torch.Tensor | None = None, filter_retokenize: bool = True) -> dict:
+                 allowed: torch.Tensor | None = None, filter_retokenize: bool = True,
+                 scoring: str = "letter") -> dict:
     """Run GCG on one question; returns the loss curve and the best suffix found."""
     vocabulary = model.get_input_embeddings().weight.shape[0]
     allowed = allowed_tokens(tokenizer, vocabulary) if allowed is None else allowed
-    layout = make_layout(tokenizer, question)
+    layout = make_layout(tokenizer, question, scoring)
     generator = torch.Generator().manual_seed(seed)
     suffix = initial_suffix(tokenizer, n_tokens, allowed)
     with _frozen_eval(model):
@@ -218,8 +224,9 @@ def gcg_question(model, tokenizer, question: Question, *, n_tokens: int = 20, st
             curve.append(loss)
             if loss < best_loss:
                 best, best_loss = list(suffix), loss
-        predicted = predicted_letter(model, layout, best)
-        predicted_initial = predicted_letter(model, layout, initial_suffix(tokenizer, n_tokens, allowed))
+        predicted = predicted_choice(model, layout, best, question, scoring)
+        predicted_initial = predicted_choice(model, layout, initial_suffix(tokenizer, n_tokens, allowed),
+                                             question, scoring)
     return {
         "answer": question.answer,
         "initial_loss": initial,
@@ -237,12 +244,15 @@ def gcg_question(model, tokenizer, question: Question, *, n_tokens: int = 20, st
 def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_tokens: int = 20,
                steps: int = 50, candidates: int = 128, top_k: int = 64, batch_size: int = 64,
                limit: int | None = None, seed: int = 0, filter_retokenize: bool = True,
-               progress: bool = True, plot: bool = True) -> dict:
+               scoring: str = "letter", progress: bool = True, plot: bool = True) -> dict:
     """GCG against each model with the same budget.
 
     ``models``: name -> checkpoint path or (model, tokenizer). ``questions``: a forget question task
-    (name, file or :class:`~rmu.tasks.Task`). Writes ``gcg.json`` and ``gcg.png`` to ``output``.
+    (name, file or :class:`~rmu.tasks.Task`). ``scoring``: the prompt and target (module docstring).
+    Writes ``gcg.json`` and ``gcg.png`` to ``output``.
     """
+    if scoring not in SCORINGS:
+        raise AttackError(f"unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
     for name, value in (("n_tokens", n_tokens), ("steps", steps), ("candidates", candidates), ("top_k", top_k),
                         ("batch_size", batch_size)):
         if value < 1:
@@ -251,7 +261,7 @@ def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_t
     data = {
         "kind": "gcg",
         "settings": {"n_tokens": n_tokens, "steps": steps, "candidates": candidates, "top_k": top_k,
-                     "seed": seed, "questions": task.name, "count": len(task), "filter_retokenize": filter_retokenize,
+                     "seed": seed, "scoring": scoring, "questions": task.name, "count": len(task), "filter_retokenize": filter_retokenize,
                      "models": describe_models(models)},
         "budget": {"steps": steps, "candidates_per_step": candidates, "gradient_calls_per_question": steps,
                    "forward_candidates_per_question": steps * candidates,
@@ -266,12 +276,12 @@ def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_t
         for number, question in enumerate(bar):
             record = gcg_question(model, tokenizer, question, n_tokens=n_tokens, steps=steps, candidates=candidates,
                                   top_k=top_k, batch_size=batch_size, seed=seed + number, allowed=allowed,
-                                  filter_retokenize=filter_retokenize)
+                                  filter_retokenize=filter_retokenize, scoring=scoring)
             records.append({"index": number, **record})
             bar.set_postfix(loss=f"{record['initial_loss']:.3g}->{record['best_loss']:.3g}")
-        before = score_task(model, tokenizer, task, "letter", progress=False)
+        before = score_task(model, tokenizer, task, scoring, progress=False)
         attacked = Task(task.name, [question_with_suffix(q, r["suffix_text"]) for q, r in zip(task.questions, records)])
-        after = score_task(model, tokenizer, attacked, "letter", progress=False)
+        after = score_task(model, tokenizer, attacked, scoring, progress=False)
         for record, plain, suffixed in zip(records, before.predictions, after.predictions):
             record["correct_before"], record["correct_after"] = plain.correct, suffixed.correct
         curves = [r["loss_curve"] for r in records]

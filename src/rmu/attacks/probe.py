@@ -5,6 +5,14 @@ choices) is run once and the output of every decoder layer at the prompt's last 
 Per layer, a logistic regression (scikit-learn, features standardised) predicts the index of the
 correct choice; its accuracy is the mean over ``splits`` random stratified train/test splits
 (``test_fraction`` held out). Chance is about 1/number of choices (the majority class is reported).
+
+``prompt="completion"`` probes statements instead, for questions that are the start of a sentence
+("The chemical symbol of iron is"): each choice completes it ("... is Fe", "... is Cu", ...), the
+activation at the statement's last token is kept, and a logistic regression learns "true
+statement or not" on the training questions. On a held-out question the probe picks the choice
+whose statement it scores highest; accuracy is the fraction picked right (chance 1/choices). This
+asks the question that matters for unlearning, whether a layer still tells the true fact from
+false ones, even when answers are too many for a per-answer classifier.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from rmu.attacks.common import AttackError, as_models, describe_models, load_que
 from rmu.evaluate import cloze_prompt, letter_prompt
 
 RESULT_FILE = "probe.json"
-PROMPTS = {"letter": letter_prompt, "cloze": cloze_prompt}
+PROMPTS = {"letter": letter_prompt, "cloze": cloze_prompt, "completion": None}  # completion: statements
 
 
 @torch.no_grad()
@@ -42,16 +50,21 @@ def layer_activations(model, tokenizer, prompts: list[str], progress: bool = Fal
     return torch.stack(rows, dim=1)
 
 
-def probe_accuracy(features, labels, *, test_fraction: float = 0.3, splits: int = 5, seed: int = 0,
-                   c: float = 1.0) -> float:
-    """Mean held-out accuracy of a logistic regression over ``splits`` stratified random splits."""
+def _sklearn():
     try:
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
     except ImportError:
         raise AttackError("the probe needs scikit-learn: pip install scikit-learn") from None
+    return lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
+def probe_accuracy(features, labels, *, test_fraction: float = 0.3, splits: int = 5, seed: int = 0,
+                   c: float = 1.0) -> float:
+    """Mean held-out accuracy of a logistic regression over ``splits`` stratified random splits."""
+    make_probe = _sklearn()
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
@@ -65,9 +78,32 @@ def probe_accuracy(features, labels, *, test_fraction: float = 0.3, splits: int 
                                                                       random_state=seed)
     scores = []
     for train, test in splitter.split(x, y):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        probe = make_probe(c)
         probe.fit(x[train], y[train])
         scores.append(float((probe.predict(x[test]) == y[test]).mean()))
+    return float(np.mean(scores))
+
+
+def statement_probe_accuracy(features, answers, choices: int, *, test_fraction: float = 0.3, splits: int = 5,
+                             seed: int = 0, c: float = 1.0) -> float:
+    """Held-out accuracy of picking the true statement among each question's ``choices`` statements.
+
+    ``features``: (questions x choices, hidden), the statements of question q in rows q*choices ...;
+    ``answers``: the correct choice of each question. Splits are over questions, never statements.
+    """
+    from sklearn.model_selection import ShuffleSplit
+
+    make_probe = _sklearn()
+    x = np.asarray(features, dtype=np.float64).reshape(len(answers), choices, -1)
+    answers = np.asarray(answers)
+    truth = np.zeros((len(answers), choices), dtype=int)
+    truth[np.arange(len(answers)), answers] = 1
+    scores = []
+    for train, test in ShuffleSplit(n_splits=splits, test_size=test_fraction, random_state=seed).split(x):
+        probe = make_probe(c)
+        probe.fit(x[train].reshape(-1, x.shape[-1]), truth[train].reshape(-1))
+        decision = probe.decision_function(x[test].reshape(-1, x.shape[-1])).reshape(len(test), choices)
+        scores.append(float((decision.argmax(1) == answers[test]).mean()))
     return float(np.mean(scores))
 
 
@@ -83,17 +119,30 @@ def probe_attack(models: dict, questions, output: str | Path | None = None, *, p
     if len(task) < 4:
         raise AttackError(f"a probe needs several questions; {task.name} has {len(task)}")
     labels = [q.answer for q in task.questions]
-    prompts = [PROMPTS[prompt](q) for q in task.questions]
-    majority = max(Counter(labels).values()) / len(labels)
+    if prompt == "completion":
+        choices = len(task.questions[0].choices)
+        if any(len(q.choices) != choices for q in task.questions):
+            raise AttackError("the statement probe needs the same number of choices for every question")
+        prompts = [f"{q.question.strip()} {choice}" for q in task.questions for choice in q.choices]
+        majority = 1 / choices  # picking one statement per question: chance, whatever the answer order
+    else:
+        prompts = [PROMPTS[prompt](q) for q in task.questions]
+        majority = max(Counter(labels).values()) / len(labels)
     data = {"kind": "probe",
             "settings": {"prompt": prompt, "test_fraction": test_fraction, "splits": splits, "seed": seed, "c": c,
                          "questions": task.name, "count": len(task), "models": describe_models(models),
-                         "target": "index of the correct choice"},
+                         "target": ("the true statement among the choices" if prompt == "completion"
+                                    else "index of the correct choice")},
             "majority_class": majority, "models": {}}
     for name, (model, tokenizer) in as_models(models).items():
         activations = layer_activations(model, tokenizer, prompts, progress, desc=f"activations ({name})")
-        per_layer = [probe_accuracy(activations[layer].numpy(), labels, test_fraction=test_fraction, splits=splits,
-                                    seed=seed, c=c)
+        if prompt == "completion":
+            score = lambda x: statement_probe_accuracy(x, labels, choices, test_fraction=test_fraction,  # noqa: E731
+                                                       splits=splits, seed=seed, c=c)
+        else:
+            score = lambda x: probe_accuracy(x, labels, test_fraction=test_fraction, splits=splits,  # noqa: E731
+                                             seed=seed, c=c)
+        per_layer = [score(activations[layer].numpy())
                      for layer in tqdm(range(activations.shape[0]), desc=f"probes ({name})", disable=not progress)]
         data["models"][name] = {"layers": list(range(len(per_layer))), "accuracy": per_layer,
                                 "best_layer": int(np.argmax(per_layer)), "best_accuracy": max(per_layer)}

@@ -2,8 +2,10 @@
 
 ``python -m rmu.attacks.robustness_demo OUTPUT`` (or :func:`run`) builds, in memory and from the
 same base weights, the base model, RMU, Adaptive RMU, and both again with random noise
-augmentation (``noise``), then runs each attack with small CPU budgets and writes each attack's
-JSON and PNG into OUTPUT. Stages already written are skipped, so an interrupted run resumes.
+augmentation (``noise``), with exactly the unlearning settings of ``rmu demo``
+(:data:`rmu.demo.run.DEFAULT`), then runs each attack with small CPU budgets, scoring questions
+the way the demo does (``completion``: the base model knows these answers), and writes each
+attack's JSON and PNG into OUTPUT. Stages already written are skipped, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rmu.attacks import ablate_attack, gcg_attack, keyword_attack, probe_attack,
 from rmu.config import make_config
 from rmu.demo.benchmark import build_benchmark, write_benchmark
 from rmu.demo.model import smollm2_path
+from rmu.demo.run import DEFAULT as DEMO
 from rmu.engine import unlearn
 from rmu.loading import load_model
 from rmu.tasks import load_task_file
@@ -28,26 +31,30 @@ from rmu.tasks import load_task_file
 
 @dataclass(frozen=True)
 class Settings:
-    layer: int = 7
-    batch_size: int = 4
-    max_len: int = 128
-    lr: float = 3e-3
-    alpha: float = 1000.0
-    steps: int = 100
-    steering_coeff: float = 300.0
-    beta: float = 2.0
-    noise: float = 1.0
-    seed: int = 42
-    gcg_questions: int = 8
+    # unlearning: the demo's
+    layer: int = DEMO.layer
+    batch_size: int = DEMO.batch_size
+    max_len: int = DEMO.max_len
+    lr: float = DEMO.lr
+    alpha: float = DEMO.alpha
+    steps: int = DEMO.steps
+    steering_coeff: float = DEMO.steering_coeff
+    beta: float = DEMO.beta
+    mask_padding: bool = DEMO.mask_padding
+    noise: float = 1.0  # random noise augmentation (the follow-up paper), for the keyword attack
+    seed: int = DEMO.seed
+    # attacks
+    scoring: str = DEMO.scoring
+    gcg_questions: int = 10
     gcg_steps: int = 10
     gcg_candidates: int = 32
     gcg_tokens: int = 10
     relearn_k: int = 8
-    relearn_steps: int = 12
-    relearn_eval_every: int = 4
-    relearn_lr: float = 1e-5
-    relearn_questions: int = 40
-    ablate_questions: int = 40
+    relearn_steps: int = 20
+    relearn_eval_every: int = 5
+    relearn_lr: float = 3e-5
+    relearn_questions: int = 50
+    ablate_questions: int = 50
 
 
 def build_models(settings: Settings, data: Path, progress: bool = True):
@@ -63,7 +70,7 @@ def build_models(settings: Settings, data: Path, progress: bool = True):
             method=method, layer=settings.layer, steps=settings.steps, batch_size=settings.batch_size,
             max_len=settings.max_len, retain_max_len=settings.max_len, min_len=0, lr=settings.lr,
             alpha=settings.alpha, steering_coeff=settings.steering_coeff, beta=settings.beta, noise=noise,
-            seed=settings.seed, device="cpu"))
+            mask_padding=settings.mask_padding, seed=settings.seed, device="cpu"))
         result = unlearn(config, model=model, tokenizer=tokenizer, progress=progress)
         models[name] = (copy.deepcopy(model), tokenizer)
         vectors[name] = result.control_vectors["elements"].clone()
@@ -101,23 +108,26 @@ def run(output: str | Path, settings: Settings = Settings(), progress: bool = Tr
     def scores(out):
         from rmu.attacks.common import accuracy, write_json
 
-        write_json(out / "scores.json", {name: {"forget": accuracy(m, t, forget), "retain": accuracy(m, t, retain)}
+        write_json(out / "scores.json", {name: {"forget": accuracy(m, t, forget, settings.scoring),
+                                                "retain": accuracy(m, t, retain, settings.scoring)}
                                          for name, (m, t) in models.items()})
 
     stage("scores", scores)
-    stage("keywords", lambda out: keyword_attack(models, retain, benchmark.forget_taught, out, progress=progress))
-    stage("probe", lambda out: probe_attack(main, forget, out, progress=progress))
+    stage("keywords", lambda out: keyword_attack(models, retain, benchmark.forget_taught, out, scoring=settings.scoring,
+                                                     progress=progress))
+    stage("probe", lambda out: probe_attack(main, forget, out, prompt=settings.scoring, progress=progress))
     stage("ablate", lambda out: ablate_attack(
         unlearned, forget, out, layer=settings.layer, base=main["base"], forget_texts=str(paths["forget_corpus"]),
         control_vectors={k: vectors[k] for k in unlearned}, retain_questions=retain,
-        limit=settings.ablate_questions, progress=progress))
+        limit=settings.ablate_questions, scoring=settings.scoring, progress=progress))
     stage("relearn", lambda out: relearn_attack(
         unlearned, forget, str(paths["forget_corpus"]), benchmark.general_text, out, k=settings.relearn_k,
         steps=settings.relearn_steps, lr=settings.relearn_lr, eval_every=settings.relearn_eval_every,
-        limit=settings.relearn_questions, progress=progress))
+        limit=settings.relearn_questions, scoring=settings.scoring, progress=progress))
     stage("gcg", lambda out: gcg_attack(
         main, forget, out, n_tokens=settings.gcg_tokens, steps=settings.gcg_steps, candidates=settings.gcg_candidates,
-        batch_size=settings.gcg_candidates, limit=settings.gcg_questions, progress=progress))
+        batch_size=settings.gcg_candidates, limit=settings.gcg_questions, scoring=settings.scoring,
+        progress=progress))
     timings["total"] = time.perf_counter() - started
     (output / "timings.json").write_text(json.dumps(timings, indent=2))
     return timings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from rmu.cli.sweep import parse_int_range
+from rmu.cli.sweep import SCORINGS, parse_int_range
 
 
 def parse_models(items: tuple[str, ...]) -> dict[str, str]:
@@ -37,7 +37,8 @@ def command() -> None:
 @click.option("--questions", multiple=True, required=True, metavar="NAME_OR_FILE", help="Forget questions (repeatable).")
 @click.option("--tokens", type=click.IntRange(min=1), default=30, show_default=True, help="Greedy tokens per question.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions of each task.")
-@click.option("--prompt", type=click.Choice(["cloze", "letter"]), default="cloze", show_default=True)
+@click.option("--prompt", type=click.Choice(SCORINGS), default="cloze", show_default=True,
+              help="The evaluator's prompt of this scoring; completion feeds the question itself.")
 @click.option("--output", type=click.Path(file_okay=False), required=True)
 @click.option("--quiet", is_flag=True)
 def confidence_command(models, questions, tokens, limit, prompt, output, quiet):

@@ -8,14 +8,14 @@ from pathlib import Path
 import click
 
 from rmu.cli.analyze import parse_models
-from rmu.cli.sweep import parse_int_range
+from rmu.cli.sweep import SCORINGS, parse_int_range
 
 _MODELS = click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH",
                        help="A checkpoint folder to attack, e.g. base=PATH and unlearned=PATH (repeat).")
 _OUTPUT = click.option("--output", type=click.Path(file_okay=False), required=True, help="Folder for JSON and PNG.")
 _LIMIT = click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions.")
 _QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
-_SCORING = click.option("--scoring", type=click.Choice(["cloze", "letter"]), default="cloze", show_default=True,
+_SCORING = click.option("--scoring", type=click.Choice(SCORINGS), default="cloze", show_default=True,
                         help="How the evaluator scores the questions.")
 
 
@@ -44,21 +44,24 @@ def command() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Candidates per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scoring", type=click.Choice(SCORINGS), default="letter", show_default=True,
+              help="Prompt and target: the answer letter (letter) or the answer text (cloze, completion).")
 @_LIMIT
 @_OUTPUT
 @_QUIET
-def gcg_command(models, questions, n_tokens, steps, candidates, top_k, batch_size, seed, limit, output, quiet):
-    """Greedy Coordinate Gradient suffixes that push each forget question's correct letter; same budget per model."""
+def gcg_command(models, questions, n_tokens, steps, candidates, top_k, batch_size, seed, scoring, limit, output,
+                quiet):
+    """Greedy Coordinate Gradient suffixes that push each forget question's correct answer; same budget per model."""
     from rmu.attacks import gcg_attack
 
     data = _run(gcg_attack, parse_models(models), questions, output, n_tokens=n_tokens, steps=steps,
                 candidates=candidates, top_k=top_k, batch_size=batch_size, seed=seed, limit=limit,
-                progress=not quiet)
+                scoring=scoring, progress=not quiet)
     budget = data["budget"]
     click.echo(f"budget per question: {budget['steps']} steps x {budget['candidates_per_step']} candidates")
     for name, entry in data["models"].items():
         click.echo(f"{name}: loss {entry['mean_initial_loss']:.3f} -> {entry['mean_best_loss']:.3f}, "
-                   f"letter accuracy {entry['accuracy_before']:.3f} -> {entry['accuracy_after']:.3f} with the suffix")
+                   f"{scoring} accuracy {entry['accuracy_before']:.3f} -> {entry['accuracy_after']:.3f} with the suffix")
     click.echo(f"gcg.json and gcg.png written to {output}")
 
 
@@ -162,7 +165,8 @@ def ablate_command(models, questions, retain_questions, base, forget_texts, use_
 @command.command("probe")
 @_MODELS
 @click.option("--questions", required=True, metavar="NAME_OR_FILE", help="Forget questions.")
-@click.option("--prompt", type=click.Choice(["letter", "cloze"]), default="letter", show_default=True)
+@click.option("--prompt", type=click.Choice(SCORINGS), default="letter", show_default=True,
+              help="letter or cloze: predict the correct choice's index; completion: tell true statements from false.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3,
               show_default=True)
 @click.option("--splits", type=click.IntRange(min=1), default=5, show_default=True, help="Random train/test splits.")

@@ -8,7 +8,7 @@ import click
 
 from rmu.config import ConfigError, load_yaml, parse_topic_sources
 
-SCORINGS = ("letter", "cloze")
+SCORINGS = ("letter", "cloze", "completion")  # rmu.evaluate.SCORINGS, without importing torch at start-up
 
 
 def parse_int_range(text: str) -> list[int]:
