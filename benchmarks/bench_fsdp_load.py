@@ -96,7 +96,8 @@ def forward_to_layer(model, layer) -> None:
 def run(folder: Path, mode: str, layer: int, output: Path) -> list[float]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
                "--worker", mode, "--folder", str(folder), "--layer", str(layer), "--output", str(output)]
-    subprocess.run(command, check=True, env=os.environ | {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)}, capture_output=True)
+    environment = os.environ | {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+    subprocess.run(command, check=True, env=environment, capture_output=True)
     return [json.loads((output / f"{mode}{rank}.json").read_text())["peak_rss_mib"] for rank in range(2)]
 
 

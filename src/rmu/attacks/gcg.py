@@ -261,7 +261,8 @@ def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_t
     data = {
         "kind": "gcg",
         "settings": {"n_tokens": n_tokens, "steps": steps, "candidates": candidates, "top_k": top_k,
-                     "seed": seed, "scoring": scoring, "questions": task.name, "count": len(task), "filter_retokenize": filter_retokenize,
+                     "seed": seed, "scoring": scoring, "questions": task.name, "count": len(task),
+                     "filter_retokenize": filter_retokenize,
                      "models": describe_models(models)},
         "budget": {"steps": steps, "candidates_per_step": candidates, "gradient_calls_per_question": steps,
                    "forward_candidates_per_question": steps * candidates,

@@ -49,7 +49,8 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
               help="Recompute the updated layers in backward: less activation memory, one more forward of them.")
 @click.option("--nproc", type=int, default=1, show_default=True,
               help="Processes to run data-parallel on this machine (launches torch.distributed.run).")
-@click.option("--fsdp", is_flag=True, default=None, help="Shard layers 0..l across processes with FSDP2 as they are read (each rank reads its rows only).")
+@click.option("--fsdp", is_flag=True, default=None,
+              help="Shard layers 0..l across processes with FSDP2 as they are read (each rank reads its rows only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""
