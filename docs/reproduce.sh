@@ -30,7 +30,6 @@ rmu sweep coeff --model "$M" $COMMON $TASKS --steps 75 --method adaptive --layer
 rmu analyze noise-sensitivity --model base="$M" --model rmu=rmu_l7 --model adaptive=adaptive_l7 \
   --texts bench/forget.jsonl --layers 0-28:2 --batches 1 --samples 1 --scale 0.1 --output noise
 rmu sweep layers --model "$M" $COMMON $TASKS --steps 75 --steering-coeff 6.5 --beta 2 --layers 3-27:4 --output layers
-rmu sweep layers --model "$M" $COMMON $TASKS --steps 75 --methods rmu --steering-coeff 300 --layers 3-27:4 --output layers_c300
-rmu analyze norms layers layers_c300 --output norms
+rmu analyze norms layers --output norms
 
-rmu report confidence coeff_rmu coeff_adaptive noise layers layers_c300 norms --output report
+rmu report confidence coeff_rmu coeff_adaptive noise layers norms --output report

@@ -29,7 +29,8 @@ def plot_gcg(data: dict) -> Figure:
     for name, entry in data["models"].items():
         axes[0].plot(range(len(entry["mean_loss_curve"])), entry["mean_loss_curve"], marker=".", label=name)
     axes[0].set_xlabel("GCG step")
-    axes[0].set_ylabel("mean loss of the answer letter (nats)")
+    target = "answer letter" if data["settings"].get("scoring", "letter") == "letter" else "answer"
+    axes[0].set_ylabel(f"mean loss of the {target} (nats)")
     axes[0].grid(alpha=0.3)
     axes[0].legend()
     names = list(data["models"])
