@@ -131,6 +131,13 @@ def test_gcg_on_answer_text_scorings_is_exact_and_agrees_with_the_evaluator(tiny
                                  for q, r in zip(task.questions, entry["questions"])])
     scored = evaluate(model, tokenizer, attacked, scoring=scoring, progress=False)["attacked"]
     assert [p.correct for p in scored.predictions] == [r["token_correct"] for r in entry["questions"]]
+    # transfer: question i with the suffix of question i + 1
+    records = entry["questions"]
+    shifted = Task("shifted", [Question(q.question.strip() + records[(i + 1) % 3]["suffix_text"], q.choices, q.answer,
+                                        q.subject) for i, q in enumerate(task.questions)])
+    transfer = evaluate(model, tokenizer, shifted, scoring=scoring, progress=False)["shifted"]
+    assert entry["accuracy_with_other_suffix"] == pytest.approx(transfer.accuracy)
+    assert [r["correct_with_other_suffix"] for r in records] == [p.correct for p in transfer.predictions]
 
 
 def test_gcg_rejects_an_unknown_scoring(tiny):

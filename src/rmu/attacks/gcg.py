@@ -23,6 +23,10 @@ Budget per question: ``steps`` gradient computations and ``steps x candidates`` 
 the same for every model compared. Candidates whose text does not re-tokenise into the same
 tokens are skipped (as in the GCG reference), so the suffix found can be written as text.
 
+Transfer: each question is also scored with the suffix found for the *next* question
+(``accuracy_with_other_suffix``). A suffix that unlocks knowledge the model still has should help
+on other questions too; one that only spells its own answer should not.
+
 The accuracy reported "with suffix" is the evaluator's own accuracy (same scoring) on the
 questions with the suffix text appended (re-tokenised, as any user would feed it); the accuracy
 of the token sequence as optimised is reported beside it.
@@ -283,12 +287,20 @@ def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_t
         before = score_task(model, tokenizer, task, scoring, progress=False)
         attacked = Task(task.name, [question_with_suffix(q, r["suffix_text"]) for q, r in zip(task.questions, records)])
         after = score_task(model, tokenizer, attacked, scoring, progress=False)
-        for record, plain, suffixed in zip(records, before.predictions, after.predictions):
+        # Each question with the *next* question's suffix: a suffix that unlocks hidden knowledge
+        # helps there too; one that merely spells its own answer does not.
+        shifted = [records[(i + 1) % len(records)]["suffix_text"] for i in range(len(records))]
+        transferred = score_task(model, tokenizer, Task(task.name, [
+            question_with_suffix(q, text) for q, text in zip(task.questions, shifted)]), scoring, progress=False)
+        for record, plain, suffixed, other in zip(records, before.predictions, after.predictions,
+                                                  transferred.predictions):
             record["correct_before"], record["correct_after"] = plain.correct, suffixed.correct
+            record["correct_with_other_suffix"] = other.correct
         curves = [r["loss_curve"] for r in records]
         data["models"][name] = {
             "accuracy_before": before.accuracy,
             "accuracy_after": after.accuracy,
+            "accuracy_with_other_suffix": transferred.accuracy if len(records) > 1 else None,
             "token_accuracy_initial_suffix": mean(r["token_correct_initial"] for r in records),
             "token_accuracy_after": mean(r["token_correct"] for r in records),
             "mean_initial_loss": mean(r["initial_loss"] for r in records),

@@ -34,8 +34,11 @@ def plot_gcg(data: dict) -> Figure:
     axes[0].grid(alpha=0.3)
     axes[0].legend()
     names = list(data["models"])
-    _bars(axes[1], names, {"no suffix": [data["models"][n]["accuracy_before"] for n in names],
-                           "with GCG suffix": [data["models"][n]["accuracy_after"] for n in names]}, 0.25)
+    bars = {"no suffix": [data["models"][n]["accuracy_before"] for n in names],
+            "with its GCG suffix": [data["models"][n]["accuracy_after"] for n in names]}
+    if all(data["models"][n].get("accuracy_with_other_suffix") is not None for n in names):
+        bars["with another question's suffix"] = [data["models"][n]["accuracy_with_other_suffix"] for n in names]
+    _bars(axes[1], names, bars, 0.25)
     b = data["budget"]
     figure.suptitle(f"GCG: {data['settings']['count']} questions, {b['steps']} steps x "
                     f"{b['candidates_per_step']} candidates, suffix {data['settings']['n_tokens']} tokens")

@@ -61,7 +61,9 @@ def gcg_command(models, questions, n_tokens, steps, candidates, top_k, batch_siz
     click.echo(f"budget per question: {budget['steps']} steps x {budget['candidates_per_step']} candidates")
     for name, entry in data["models"].items():
         click.echo(f"{name}: loss {entry['mean_initial_loss']:.3f} -> {entry['mean_best_loss']:.3f}, "
-                   f"{scoring} accuracy {entry['accuracy_before']:.3f} -> {entry['accuracy_after']:.3f} with the suffix")
+                   f"{scoring} accuracy {entry['accuracy_before']:.3f} -> {entry['accuracy_after']:.3f} with the suffix"
+                   + (f", {entry['accuracy_with_other_suffix']:.3f} with another question's suffix"
+                      if entry["accuracy_with_other_suffix"] is not None else ""))
     click.echo(f"gcg.json and gcg.png written to {output}")
 
 
