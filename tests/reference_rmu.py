@@ -52,10 +52,22 @@ def mse(prediction, target, mask=None):
     return ((prediction - target) ** 2 * m).sum() / (m.sum() * prediction.shape[-1])
 
 
+def loss_mask(inputs, mask_padding, mask_first_token):
+    """Positions in the losses: all, real tokens only, and/or all but each row's first real token."""
+    if not (mask_padding or mask_first_token):
+        return None
+    attention = inputs["attention_mask"]
+    mask = attention.clone() if mask_padding else torch.ones_like(attention)
+    if mask_first_token:
+        first_real = (attention.cumsum(1) == 1) & (attention == 1)
+        mask = mask * (~first_real)
+    return mask
+
+
 def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_vectors, trained_names, *,
                       layer, steps, method="rmu", rule="first-batch", steering_coeff=(6.5,), beta=(5.0,),
                       alpha=(1200.0,), max_len=(512,), retain_max_len=512, lr=5e-5, mask_padding=False,
-                      noise=0.0, noise_seed=0, on_step=None):
+                      mask_first_token=False, noise=0.0, noise_seed=0, on_step=None):
     """Returns (per-step [(forget_loss, retain_loss)], updated model).
 
     forget_batches[t][b] / retain_batches[t][b]: lists of texts; control_vectors[t]: unit vectors.
@@ -77,7 +89,7 @@ def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_
         t, b = step % topics, step // topics
         forget_inputs = tokenizer(forget_batches[t][b], return_tensors="pt", padding=True, truncation=True,
                                   max_length=max_len[t])
-        forget_mask = forget_inputs["attention_mask"] if mask_padding else None
+        forget_mask = loss_mask(forget_inputs, mask_padding, mask_first_token)
         updated_forget = forward_with_cache(updated_model, forget_inputs, updated_module, no_grad=False)
         if method == "rmu":
             coeff = torch.full((updated_forget.shape[0],), float(steering_coeff[t]))
@@ -87,8 +99,9 @@ def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_
                                   max_length=max_len[t])
                 h = forward_with_cache(frozen_model, first, frozen_module)
                 per_token = h.norm(dim=-1)  # (batch, tokens)
-                if mask_padding:
-                    m = first["attention_mask"].float()
+                m = loss_mask(first, mask_padding, mask_first_token)
+                if m is not None:
+                    m = m.float()
                     per_sample = (per_token * m).sum(1) / m.sum(1)
                 else:
                     per_sample = per_token.mean(1)
@@ -97,8 +110,8 @@ def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_
                 coeff = torch.full((updated_forget.shape[0],), first_batch_coeff[t])
             else:
                 h = forward_with_cache(frozen_model, forget_inputs, frozen_module)
-                if mask_padding:
-                    m = forget_inputs["attention_mask"].float().unsqueeze(-1)
+                if forget_mask is not None:
+                    m = forget_mask.float().unsqueeze(-1)
                     averaged = (h * m).sum(1) / m.sum(1)
                 else:
                     averaged = h.mean(1)
@@ -108,7 +121,7 @@ def reference_unlearn(model, tokenizer, forget_batches, retain_batches, control_
 
         retain_inputs = tokenizer(retain_batches[t][b], return_tensors="pt", padding=True, truncation=True,
                                   max_length=retain_max_len)
-        retain_mask = retain_inputs["attention_mask"] if mask_padding else None
+        retain_mask = loss_mask(retain_inputs, mask_padding, mask_first_token)
         updated_retain = forward_with_cache(updated_model, retain_inputs, updated_module, no_grad=False)
         frozen_retain = forward_with_cache(frozen_model, retain_inputs, frozen_module, no_grad=True)
         if noise > 0:

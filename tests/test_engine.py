@@ -41,6 +41,12 @@ VARIANTS = {
     "adaptive-first-batch-mask": dict(method="adaptive", adaptive_rule="first-batch", beta=3.0, mask_padding=True),
     "adaptive-per-sample": dict(method="adaptive", adaptive_rule="per-sample", beta=4.0, noise=0.1, noise_seed=1),
     "adaptive-per-sample-mask": dict(method="adaptive", adaptive_rule="per-sample", beta=4.0, mask_padding=True),
+    # the attention sink left out, with and without pads (then pads stay in, as in the reference)
+    "rmu-mask-first-token": dict(method="rmu", steering_coeff=4.0, mask_padding=True, mask_first_token=True),
+    "adaptive-first-token-only": dict(method="adaptive", adaptive_rule="first-batch", beta=3.0,
+                                      mask_first_token=True),
+    "adaptive-per-sample-first-token": dict(method="adaptive", adaptive_rule="per-sample", beta=4.0,
+                                            mask_padding=True, mask_first_token=True),
 }
 
 
@@ -66,7 +72,7 @@ def test_engine_matches_reference(tmp_path, architecture, variant):
         model, tokenizer, forget_batches, retain_batches, vectors, result.trained_parameters,
         layer=3, steps=6, method=config.method, rule=config.adaptive_rule, steering_coeff=config.steering_coeff,
         beta=config.beta, alpha=config.alpha, max_len=config.max_len, retain_max_len=14, lr=1e-3,
-        mask_padding=config.mask_padding, noise=config.noise, noise_seed=config.noise_seed or 0,
+        mask_padding=config.mask_padding, mask_first_token=config.mask_first_token, noise=config.noise, noise_seed=config.noise_seed or 0,
     )
 
     assert len(result.records) == len(expected_losses) == 6  # 18 documents in batches of 3 bound the 8 steps asked
@@ -89,3 +95,28 @@ def _layers(architecture):
 
 def _down(architecture):
     return "mlp.c_proj.weight" if architecture == "gpt2" else "mlp.down_proj.weight"
+
+
+def test_loss_mask_drops_each_rows_first_real_token(tmp_path):
+    """The mask (left padding, with and without pads masked), and that the engine applies it."""
+    from rmu.data import TokenBatch
+    from rmu.engine import loss_mask
+
+    attention = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    batch = TokenBatch(torch.zeros_like(attention), attention)
+    both = loss_mask(batch, make_config(dict(model="m", forget={"a": "f"}, retain=["r"], mask_padding=True,
+                                             mask_first_token=True)))
+    assert both.tolist() == [[0, 0, 0, 1], [0, 1, 1, 1], [0, 0, 1, 1]]
+    sink_only = loss_mask(batch, make_config(dict(model="m", forget={"a": "f"}, retain=["r"], mask_first_token=True)))
+    assert sink_only.tolist() == [[1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 1, 1]]  # pads stay in, as in the reference
+    assert loss_mask(batch, make_config(dict(model="m", forget={"a": "f"}, retain=["r"]))) is None
+
+    model, tokenizer = tiny_model("llama", num_layers=5)
+    paths, retain = write_corpora(tmp_path)
+    options = dict(model="in-memory", forget={t: str(p) for t, p in paths.items()}, retain=[str(retain)], layer=3,
+                   steps=2, batch_size=3, lr=1e-3, alpha=100.0, max_len=16, retain_max_len=14, min_len=0, seed=7,
+                   device="cpu", mask_padding=True)
+    plain = unlearn(make_config(options), model=copy.deepcopy(model), tokenizer=tokenizer, progress=False)
+    masked = unlearn(make_config(options | {"mask_first_token": True}), model=copy.deepcopy(model),
+                     tokenizer=tokenizer, progress=False)
+    assert abs(masked.records[0]["forget_loss"] - plain.records[0]["forget_loss"]) > 1e-5

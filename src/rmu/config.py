@@ -56,6 +56,7 @@ class UnlearnConfig(BaseModel):
     noise: float = 0.0
     noise_seed: int | None = None  # default: seed
     mask_padding: bool = False
+    mask_first_token: bool = False  # drop each row's first real token (the attention sink) from losses
     dtype: DType = "float32"
     device: str = "auto"
     output: str | None = None

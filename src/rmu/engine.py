@@ -420,7 +420,7 @@ def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, dev
         else:
             forget_batch = batches[index][0][0].to(device)
             frozen = runner.frozen(forget_batch)
-            mask = forget_batch.attention_mask if config.mask_padding else None
+            mask = loss_mask(forget_batch, config)
             coefficients[topic] = rules.first_batch_coefficient(config.beta[index], frozen.output, mask)
     return coefficients
 
@@ -430,11 +430,11 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
           retain: TokenBatch, u: torch.Tensor, coefficients: dict[str, float | None]) -> dict:
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
-    forget_share = ranks.share(forget_rows, forget.attention_mask if config.mask_padding else None)
-    retain_share = ranks.share(retain_rows, retain.attention_mask if config.mask_padding else None)
+    forget_share = ranks.share(forget_rows, loss_mask(forget, config))
+    retain_share = ranks.share(retain_rows, loss_mask(retain, config))
     forget, retain = _rows(forget, forget_share.rows), _rows(retain, retain_share.rows)
-    forget_mask = forget.attention_mask if config.mask_padding else None
-    retain_mask = retain.attention_mask if config.mask_padding else None
+    forget_mask = loss_mask(forget, config)
+    retain_mask = loss_mask(retain, config)
     frozen_forget = runner.frozen(forget)
     frozen_retain = runner.frozen(retain)
 
@@ -473,7 +473,7 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
     def batch_mean(per_row: torch.Tensor) -> float:
         return float(ranks.sum(per_row[: forget_share.count].float().sum()) / forget_rows)
 
-    real = forget.attention_mask
+    real = forget.attention_mask if forget_mask is None else forget_mask  # logged norms: over what the losses see
     return {
         "step": step,
         "topic": topic,
@@ -483,6 +483,23 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
         "forget_norm": batch_mean(rules.mean_token_norm(updated_forget.detach(), real)),
         "frozen_forget_norm": batch_mean(rules.mean_token_norm(frozen_forget.output, real)),
     }
+
+
+def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
+    """The positions the losses and norms use: None for all (the reference), else a 0/1 mask.
+
+    ``mask_padding`` drops pads; ``mask_first_token`` drops each row's first real token, the
+    attention sink, whose hidden state in models with massive activations (SmolLM2 from layer 11,
+    Llama, Mistral) is 100x larger than the others' and would otherwise dominate every MSE.
+    """
+    if not (config.mask_padding or config.mask_first_token):
+        return None
+    attention = batch.attention_mask
+    mask = attention.clone() if config.mask_padding else torch.ones_like(attention)
+    if config.mask_first_token:
+        first_real = attention.argmax(dim=1)  # left or right padding: the first 1 of each row
+        mask[torch.arange(mask.shape[0], device=mask.device), first_real] = 0
+    return mask
 
 
 def _rows(batch: TokenBatch, rows: slice) -> TokenBatch:

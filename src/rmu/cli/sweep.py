@@ -59,6 +59,8 @@ def base_options(function):
         click.option("--seed", type=int),
         click.option("--params", help="Trained weights in the updated layers (default mlp-out)."),
         click.option("--mask-padding/--no-mask-padding", default=None),
+        click.option("--mask-first-token/--no-mask-first-token", default=None,
+                     help="Exclude each row's first real token (the attention sink) from losses and norms."),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"])),
         click.option("--device"),
         click.option("--forget-task", "forget_tasks", multiple=True, required=True, metavar="NAME_OR_FILE",
@@ -79,7 +81,7 @@ def base_options(function):
 
 
 _RUN_KEYS = ("model", "steering_coeff", "beta", "adaptive_rule", "alpha", "lr", "steps", "batch_size", "max_len",
-             "retain_max_len", "min_len", "seed", "params", "mask_padding", "dtype", "device")
+             "retain_max_len", "min_len", "seed", "params", "mask_padding", "mask_first_token", "dtype", "device")
 
 
 def collect_base(config_file, forget, retain, flags: dict) -> dict:

@@ -34,7 +34,11 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--seed", type=int)
 @click.option("--noise", type=float, help="Random noise augmentation nu of the retain target (default 0).")
 @click.option("--noise-seed", type=int)
-@click.option("--mask-padding/--no-mask-padding", default=None, help="Exclude pads from losses and norms (default off, as the reference).")
+@click.option("--mask-padding/--no-mask-padding", default=None,
+              help="Exclude pads from losses and norms (default off, as the reference).")
+@click.option("--mask-first-token/--no-mask-first-token", default=None,
+              help="Exclude each row's first real token (the attention sink, often 100x the others' norm) "
+                   "from losses and norms (default off, as the reference).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Model dtype (default float32); losses and the optimizer's copies of trained weights stay float32.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... or auto (default).")
