@@ -31,5 +31,7 @@ rmu analyze noise-sensitivity --model base="$M" --model rmu=rmu_l7 --model adapt
   --texts bench/forget.jsonl --layers 0-28:2 --batches 1 --samples 1 --scale 0.1 --output noise
 rmu sweep layers --model "$M" $COMMON $TASKS --steps 75 --steering-coeff 6.5 --beta 2 --layers 3-27:4 --output layers
 rmu analyze norms layers --output norms
+# The same sweep with each row's first real token (the attention sink) left out of the losses.
+rmu sweep layers --model "$M" $COMMON $TASKS --steps 75 --steering-coeff 6.5 --beta 2 --mask-first-token --layers 3-27:4 --output layers_sink
 
-rmu report confidence coeff_rmu coeff_adaptive noise layers norms --output report
+rmu report confidence coeff_rmu coeff_adaptive noise layers norms layers_sink --output report
