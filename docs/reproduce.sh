@@ -31,7 +31,9 @@ rmu analyze noise-sensitivity --model base="$M" --model rmu=rmu_l7 --model adapt
   --texts bench/forget.jsonl --layers 0-28:2 --batches 1 --samples 1 --scale 0.1 --output noise
 rmu sweep layers --model "$M" $COMMON $TASKS --steps 75 --steering-coeff 6.5 --beta 2 --layers 3-27:4 --output layers
 rmu analyze norms layers --output norms
-# The same sweep with each row's first real token (the attention sink) left out of the losses.
+# Where the attention sink forms (the first real token's norm against the median, per layer), and the
+# same sweep with each row's first real token left out of the losses.
+rmu analyze token-norms --model base="$M" --texts bench/forget.jsonl --batches 2 --output token_norms
 rmu sweep layers --model "$M" $COMMON $TASKS --steps 75 --steering-coeff 6.5 --beta 2 --mask-first-token --layers 3-27:4 --output layers_sink
 
-rmu report confidence coeff_rmu coeff_adaptive noise layers norms layers_sink --output report
+rmu report confidence coeff_rmu coeff_adaptive noise layers norms token_norms layers_sink --output report

@@ -375,3 +375,57 @@ def test_the_command_line_offers_every_scoring_of_the_evaluator():
     from rmu.evaluate import SCORINGS
 
     assert set(offered) == set(SCORINGS)
+
+
+def test_token_norms_match_their_definition_and_find_a_planted_sink(workspace, tmp_path):
+    from rmu.analysis import analyze_token_norms, token_norms
+    from rmu.analysis.common import forget_batches
+
+    model, tokenizer = tiny_model("llama", num_layers=4, seed=0)
+    texts = workspace / "forget.jsonl"
+    plain = token_norms(model, tokenizer, texts, max_batches=1)
+    batch = forget_batches(tokenizer, texts, 4, 128, 1)[0]
+    with torch.no_grad():
+        states = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       output_hidden_states=True).hidden_states
+    real = batch.attention_mask.bool()
+    first = batch.attention_mask.argmax(dim=1)
+    norms = states[3].norm(dim=-1)  # decoder layer 2's output (not the last: that entry is after the final norm)
+    sinks = norms[torch.arange(norms.shape[0]), first]
+    without = real.clone()
+    without[torch.arange(norms.shape[0]), first] = False
+    assert plain[2]["median"] == pytest.approx(float(norms[real].median()), rel=1e-5)
+    assert plain[2]["mean"] == pytest.approx(float(norms[real].mean()), rel=1e-5)
+    assert plain[2]["first_token"] == pytest.approx(float(sinks.mean()), rel=1e-5)
+    assert plain[2]["mean_without_first"] == pytest.approx(float(norms[without].mean()), rel=1e-5)
+    assert plain[2]["max"] == pytest.approx(float(norms[real].max()), rel=1e-5)
+
+    # A sink planted in the embeddings of each row's first real token shows at every layer.
+    def plant(module, args, output):
+        output = output.clone()
+        output[torch.arange(output.shape[0]), first] *= 1000
+        return output
+
+    handle = model.get_input_embeddings().register_forward_hook(plant)
+    try:
+        data = analyze_token_norms({"sink": (model, tokenizer)}, texts, tmp_path, max_batches=1, progress=False)
+    finally:
+        handle.remove()
+    for clean, sunk in zip(plain, data["models"]["sink"]["layers"]):
+        assert clean["first_token"] < 10 * clean["median"]
+        assert sunk["first_token"] > 50 * sunk["median"]
+    saved = json.loads((tmp_path / "token_norms.json").read_text())
+    assert saved["models"]["sink"]["layers"][1] == pytest.approx(data["models"]["sink"]["layers"][1])
+    assert (tmp_path / "token_norms.png").stat().st_size > 0
+    report = build_report([tmp_path], tmp_path / "rep", title="t")["markdown"].read_text()
+    assert "Token norms" in report
+
+
+def test_cli_token_norms(workspace, tmp_path):
+    result = CliRunner().invoke(analyze_command, ["token-norms", "--model", f"base={workspace / 'model'}", "--texts",
+                                                  str(workspace / "forget.jsonl"), "--batches", "1", "--output",
+                                                  str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "token_norms.json").read_text())
+    assert [r["layer"] for r in data["models"]["base"]["layers"]] == list(range(6))
+    assert "median / first-token norm" in result.output

@@ -139,3 +139,22 @@ def plot_noise(data: dict) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend()
     return figure
+
+
+def plot_token_norms(data: dict) -> Figure:
+    """Median token norm and the first real token's norm against the layer, per model (log scale)."""
+    figure, ax = plt.subplots(figsize=(7, 4))
+    for index, (name, entry) in enumerate(data["models"].items()):
+        layers = [r["layer"] for r in entry["layers"]]
+        color = f"C{index}"
+        ax.plot(layers, [r["first_token"] for r in entry["layers"]], marker="o", color=color,
+                label=f"{name}: first real token")
+        ax.plot(layers, [r["median"] for r in entry["layers"]], marker=".", linestyle="--", color=color,
+                label=f"{name}: median token")
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("hidden-state norm")
+    ax.set_title("Token norms: the attention sink against the rest")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure

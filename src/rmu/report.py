@@ -2,7 +2,7 @@
 sweep and analysis folders.
 
 A folder is recognised by what it holds: ``sweep.json`` (``rmu sweep``), ``confidence.json``,
-``norms.json``, ``noise.json`` (``rmu analyze``) or ``run.json`` (``rmu unlearn``). Each becomes a
+``norms.json``, ``noise.json``, ``token_norms.json`` (``rmu analyze``) or ``run.json`` (``rmu unlearn``). Each becomes a
 section with its configuration, a table and every PNG of the folder.
 """
 
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, read_json
 
-RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "run.json")
+RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "token_norms.json", "run.json")
 
 
 @dataclass
@@ -65,6 +65,11 @@ def _section(folder: Path) -> Section:
         rows = [[k, *(by[m].get(k) for m in models)] for k in layers]
         return Section(f"Noise sensitivity: {folder.name}", folder, data["settings"], [(["layer k", *models], rows)],
                        figures=figures)
+    if name == "token_norms.json":
+        header = ["model", "layer", "median", "mean", "mean without first token", "first token", "max"]
+        rows = [[m, r["layer"], r["median"], r["mean"], r["mean_without_first"], r["first_token"], r["max"]]
+                for m, e in data["models"].items() for r in e["layers"]]
+        return Section(f"Token norms: {folder.name}", folder, data["settings"], [(header, rows)], figures=figures)
     return _run_section(folder, data, figures)
 
 

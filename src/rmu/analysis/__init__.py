@@ -9,6 +9,7 @@ from rmu.analysis.confidence import analyze_confidence, generated_max_logits
 from rmu.analysis.noise import analyze_noise, noise_sensitivity
 from rmu.analysis.norms import analyze_norms
 from rmu.analysis.sweeps import sweep_coeff, sweep_layers
+from rmu.analysis.token_norms import analyze_token_norms, token_norms
 
 __all__ = ["AnalysisError", "analyze_confidence", "analyze_noise", "analyze_norms", "generated_max_logits",
-           "noise_sensitivity", "sweep_coeff", "sweep_layers"]
+           "noise_sensitivity", "sweep_coeff", "sweep_layers", "analyze_token_norms", "token_norms"]
