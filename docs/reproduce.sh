@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every measurement of docs/reproduction.md, in order: `bash docs/reproduce.sh [OUT]` (default repro-out).
 # SmolLM2-135M-Instruct and the demo benchmark, the demo's unlearning settings (rmu.demo.run.DEFAULT),
-# completion scoring. About an hour on one CPU core; rerunning resumes the sweeps and skips finished runs.
+# completion scoring. About 1.5 hours on one CPU core; rerunning resumes the sweeps and skips finished runs.
 set -euo pipefail
 OUT=${1:-repro-out}
 mkdir -p "$OUT"
