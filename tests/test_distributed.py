@@ -61,6 +61,10 @@ LAUNCHES = {
     # torchrun directly, the updated layers sharded with FSDP2
     "fsdp": lambda config: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                             "-m", "rmu", "unlearn", "--config", config, "--fsdp", "--quiet"],
+    # the whole model on every rank, then only the updated layers sharded
+    "fsdp-full-load": lambda config: [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                      "--nproc_per_node", "2", "-m", "rmu", "unlearn", "--config", config, "--fsdp",
+                                      "--full-load", "--quiet"],
 }
 
 

@@ -26,8 +26,10 @@ memory per rank is about 1/N of layers 0..l plus the embeddings (replicated). Th
 cannot swap the original weights in by name (FSDP replaces the parameters it all-gathers), so a
 frozen copy of the updated layers, sharded and read the same way, runs in their place. With
 ``--full-load`` the whole model is loaded on every rank and only the updated layers are sharded.
-FSDP2 runs on CPU with gloo (torch 2.13 checked). Resumable state (``--save-every``) is not
-supported with ``--fsdp``.
+FSDP2 runs on CPU with gloo (torch 2.13 checked); there, set ``MALLOC_MMAP_THRESHOLD_=1048576``:
+otherwise glibc keeps the memory of every freed all-gathered layer in the process
+(``benchmarks/bench_fsdp_load.py``). Resumable state (``--save-every``) is not supported with
+``--fsdp``.
 """
 
 from __future__ import annotations
