@@ -57,9 +57,9 @@ class Settings:
     ablate_questions: int = 50
 
 
-def build_models(settings: Settings, data: Path, progress: bool = True):
+def build_models(settings: Settings, data: Path, progress: bool = True, model_dir: str | Path | None = None):
     """{"base", "rmu", "adaptive", "rmu+noise", "adaptive+noise"} -> (model, tokenizer), and control vectors."""
-    folder = smollm2_path(progress=progress)
+    folder = Path(model_dir) if model_dir else smollm2_path(progress=progress)
     model, tokenizer = load_model(folder)
     paths = write_benchmark(data, build_benchmark(seed=0))
     models, vectors, runs = {"base": (copy.deepcopy(model), tokenizer)}, {}, {}
@@ -81,13 +81,15 @@ def build_models(settings: Settings, data: Path, progress: bool = True):
     return models, vectors, paths, runs
 
 
-def run(output: str | Path, settings: Settings = Settings(), progress: bool = True) -> dict:
+def run(output: str | Path, settings: Settings = Settings(), progress: bool = True,
+        model_dir: str | Path | None = None) -> dict:
+    """Every attack into ``output``; returns the seconds per stage. ``model_dir`` replaces SmolLM2 (tests)."""
     torch.set_num_threads(1)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     timings = {}
     started = time.perf_counter()
-    models, vectors, paths, runs = build_models(settings, output / "data", progress)
+    models, vectors, paths, runs = build_models(settings, output / "data", progress, model_dir)
     timings["unlearning"] = time.perf_counter() - started
     (output / "settings.json").write_text(json.dumps({"settings": asdict(settings), "runs": runs}, indent=2))
     forget = load_task_file(paths["forget_questions"], name="forget_questions")
