@@ -429,3 +429,19 @@ def test_cli_token_norms(workspace, tmp_path):
     data = json.loads((tmp_path / "token_norms.json").read_text())
     assert [r["layer"] for r in data["models"]["base"]["layers"]] == list(range(6))
     assert "median / first-token norm" in result.output
+
+
+def test_decoder_outputs_are_the_layers_outputs_not_the_final_norm():
+    from rmu.analysis.common import decoder_outputs
+
+    model, tokenizer = tiny_model("llama", num_layers=3, seed=0)
+    ids = tokenizer(["Hydrogen is the lightest element."], return_tensors="pt")["input_ids"]
+    outputs = decoder_outputs(model, ids)
+    with torch.no_grad():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(outputs) == 3
+    for index in range(2):
+        torch.testing.assert_close(outputs[index], states[index + 1])
+    # transformers' last hidden state is the final norm of the last layer's output (Llama)
+    torch.testing.assert_close(model.model.norm(outputs[2]), states[3])
+    assert not torch.allclose(outputs[2], states[3])

@@ -13,7 +13,7 @@ from torch import nn
 
 from rmu.data import TokenBatch, prepare_tokenizer, read_corpus, tokenize
 from rmu.engine import LayerRunner
-from rmu.structure import find_structure
+from rmu.structure import find_structure, layer_hidden
 
 
 class AnalysisError(ValueError):
@@ -100,3 +100,28 @@ def mean_cosine(hidden: torch.Tensor, u: torch.Tensor, mask: torch.Tensor) -> tu
     cos = torch.nn.functional.cosine_similarity(hidden.float(), u.float().to(hidden.device)[None, None], dim=-1)
     real = mask.bool().to(cos.device)
     return float(cos[real].sum()), int(real.sum())
+
+
+@torch.no_grad()
+def decoder_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    ) -> list[torch.Tensor]:
+    """Every decoder layer's output hidden state, in order, from one forward pass.
+
+    Read with hooks on the layers rather than ``output_hidden_states``, whose last entry is, on
+    most architectures, the state after the final norm and not the last layer's output.
+    """
+    layers = find_structure(model).layers
+    outputs: list[torch.Tensor | None] = [None] * len(layers)
+
+    def keep(index: int):
+        def hook(module, args, output):
+            outputs[index] = layer_hidden(output)
+        return hook
+
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from rmu.analysis.common import AnalysisError, forget_batches, model_or_path, write_json
-from rmu.structure import find_structure, layer_hidden
+from rmu.analysis.common import AnalysisError, decoder_outputs, forget_batches, model_or_path, write_json
+from rmu.structure import find_structure
 
 RESULT_FILE = "token_norms.json"
 
@@ -31,30 +31,19 @@ def token_norms(model, tokenizer, texts: Sequence[str] | str | Path, *, batch_si
     batches = [b.to(device) for b in forget_batches(tokenizer, texts, batch_size, max_len, max_batches)]
     norms: list[list[torch.Tensor]] = [[] for _ in range(structure.num_layers)]
     first: list[list[torch.Tensor]] = [[] for _ in range(structure.num_layers)]
-    captured: dict[int, torch.Tensor] = {}
-
-    def keep(layer: int):
-        def hook(module, args, output):
-            captured[layer] = layer_hidden(output).float().norm(dim=-1)
-        return hook
-
-    # Hooks on the decoder layers, not output_hidden_states: its last entry is after the final norm.
-    handles = [module.register_forward_hook(keep(i)) for i, module in enumerate(structure.layers)]
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
-            captured.clear()
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            outputs = decoder_outputs(model, batch.input_ids, batch.attention_mask)
             real = batch.attention_mask.bool()
             rows = torch.arange(real.shape[0], device=real.device)
             first_real = batch.attention_mask.argmax(dim=1)
-            for layer, per_token in captured.items():
+            for layer, hidden in enumerate(outputs):
+                per_token = hidden.float().norm(dim=-1)
                 norms[layer].append(per_token[real].cpu())
                 first[layer].append(per_token[rows, first_real].cpu())
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     results = []
     for layer in range(structure.num_layers):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rmu.analysis.common import decoder_outputs
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json
 from rmu.evaluate import cloze_prompt, letter_prompt
 
@@ -43,8 +44,7 @@ def layer_activations(model, tokenizer, prompts: list[str], progress: bool = Fal
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             if ids.shape[1] == 0:
                 raise AttackError(f"prompt {prompt[:40]!r} encodes to no tokens")
-            hidden = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
-            rows.append(torch.stack([h[0, -1].float().cpu() for h in hidden[1:]]))  # skip the embeddings
+            rows.append(torch.stack([h[0, -1].float().cpu() for h in decoder_outputs(model, ids)]))
     finally:
         model.train(was_training)
     return torch.stack(rows, dim=1)
