@@ -10,7 +10,7 @@ import torch
 
 from rmu.config import make_config
 from rmu.data import consecutive_batches
-from rmu.engine import unlearn
+from rmu.engine import UnlearnError, unlearn
 from rmu.testing import tiny_model
 
 from reference_rmu import reference_unlearn
@@ -120,3 +120,21 @@ def test_loss_mask_drops_each_rows_first_real_token(tmp_path):
     masked = unlearn(make_config(options | {"mask_first_token": True}), model=copy.deepcopy(model),
                      tokenizer=tokenizer, progress=False)
     assert abs(masked.records[0]["forget_loss"] - plain.records[0]["forget_loss"]) > 1e-5
+
+
+def test_a_batch_left_without_positions_is_refused_clearly(tmp_path):
+    model, tokenizer = tiny_model("llama", num_layers=5)  # a character-level tokenizer, no special tokens
+    letters = ("a", "b", "c")
+    assert all(len(tokenizer(letter)["input_ids"]) == 1 for letter in letters)
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"text": letter}) + "\n" for letter in letters))
+    retain = tmp_path / "retain.txt"
+    retain.write_text("The capital of a country is a city.\nRivers run to the sea.\nA map shows roads.\n")
+    options = dict(model="in-memory", forget={"bio": str(forget)}, retain=[str(retain)], layer=3, steps=1,
+                   batch_size=3, min_len=0, mask_first_token=True, device="cpu")
+    with pytest.raises(UnlearnError, match="no position of the forget batch"):
+        unlearn(make_config(options), model=copy.deepcopy(model), tokenizer=tokenizer, progress=False)
+    # the same documents with pads masked but the first token kept train normally
+    result = unlearn(make_config(options | {"mask_first_token": False, "mask_padding": True}),
+                     model=copy.deepcopy(model), tokenizer=tokenizer, progress=False)
+    assert len(result.records) == 1

@@ -158,7 +158,8 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     if mask is None:
         return F.mse_loss(prediction, target)
     weights = mask.to(prediction.dtype).unsqueeze(-1)
-    return ((prediction - target) ** 2 * weights).sum() / (weights.sum() * prediction.shape[-1])
+    # clamp: a rank whose rows hold no position (all masked) contributes 0, with weight 0 anyway
+    return ((prediction - target) ** 2 * weights).sum() / (weights.sum().clamp_min(1) * prediction.shape[-1])
 
 
 @dataclass
@@ -430,6 +431,13 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
           retain: TokenBatch, u: torch.Tensor, coefficients: dict[str, float | None]) -> dict:
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
+    for batch, which in ((forget, "forget"), (retain, "retain")):
+        mask = loss_mask(batch, config)
+        if mask is not None and not mask.any():
+            raise UnlearnError(
+                f"step {step}: no position of the {which} batch is left for the loss (every document is one "
+                "real token and --mask-first-token drops it); raise --min-len or drop --mask-first-token"
+            )
     forget_share = ranks.share(forget_rows, loss_mask(forget, config))
     retain_share = ranks.share(retain_rows, loss_mask(retain, config))
     forget, retain = _rows(forget, forget_share.rows), _rows(retain, retain_share.rows)
