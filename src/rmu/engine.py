@@ -431,18 +431,19 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
           retain: TokenBatch, u: torch.Tensor, coefficients: dict[str, float | None]) -> dict:
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
-    for batch, which in ((forget, "forget"), (retain, "retain")):
-        mask = loss_mask(batch, config)
+    # Full-batch masks: checked and used for the rank shares, then sliced to this rank's rows.
+    forget_mask, retain_mask = loss_mask(forget, config), loss_mask(retain, config)
+    for mask, which in ((forget_mask, "forget"), (retain_mask, "retain")):
         if mask is not None and not mask.any():
             raise UnlearnError(
                 f"step {step}: no position of the {which} batch is left for the loss (every document is one "
                 "real token and --mask-first-token drops it); raise --min-len or drop --mask-first-token"
             )
-    forget_share = ranks.share(forget_rows, loss_mask(forget, config))
-    retain_share = ranks.share(retain_rows, loss_mask(retain, config))
+    forget_share = ranks.share(forget_rows, forget_mask)
+    retain_share = ranks.share(retain_rows, retain_mask)
     forget, retain = _rows(forget, forget_share.rows), _rows(retain, retain_share.rows)
-    forget_mask = loss_mask(forget, config)
-    retain_mask = loss_mask(retain, config)
+    forget_mask = None if forget_mask is None else forget_mask[forget_share.rows]
+    retain_mask = None if retain_mask is None else retain_mask[retain_share.rows]
     frozen_forget = runner.frozen(forget)
     frozen_retain = runner.frozen(retain)
 
