@@ -110,6 +110,14 @@ def check_checkpoint_files(folder: Path) -> None:
                               "Point --model at a folder written by save_pretrained (weights in safetensors).")
 
 
+def remote_code_refusal(source, error: Exception) -> CheckpointError | None:
+    """The one-line refusal for transformers' "custom code" error, or None for any other error."""
+    if "trust_remote_code" not in str(error) and "custom code" not in str(error):
+        return None
+    return CheckpointError(f"{source} ships its own model code, which rmu runs only with --trust-remote-code "
+                           "(off by default: read that code first)")
+
+
 def _is_tokenizer_file(name: str) -> bool:
     return name.startswith(("tokenizer", "vocab", "spiece", "merges")) or name.endswith((".model", ".tiktoken"))
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rmu.config import ConfigError, UnlearnConfig
-from rmu.loading import CheckpointError, check_checkpoint_files, empty_model, resolve_checkpoint
+from rmu.loading import (CheckpointError, check_checkpoint_files, empty_model, remote_code_refusal,
+                         resolve_checkpoint)
 from rmu.structure import find_structure, select_parameters
 
 # Config keys that state how many positions a model has (GPT-2 names it n_positions).
@@ -38,7 +39,9 @@ def _empty_model(folder: Path, trust_remote_code: bool):
         import torch
 
         return empty_model(folder, torch.float32, trust_remote_code)
-    except (OSError, ValueError, KeyError) as error:  # unreadable config.json, unknown model type
+    except (OSError, ValueError, KeyError) as error:  # unreadable config.json, unknown model type, remote code
+        if refusal := remote_code_refusal(folder, error):
+            raise refusal from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{folder / 'config.json'}: cannot build the model it describes ({reason})") from None
 

@@ -43,21 +43,24 @@ def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code:
     from pathlib import Path
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from rmu.loading import check_checkpoint_files
+    from rmu.loading import check_checkpoint_files, remote_code_refusal
 
     if device is None or check_device(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if Path(model_id).is_dir():
         check_checkpoint_files(Path(model_id))  # incomplete folders and pickle weights, before reading
     try:
+        AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)  # shipped code refused here
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
             trust_remote_code=trust_remote_code, use_safetensors=True,
         )
     except (OSError, ValueError) as error:
+        if refusal := remote_code_refusal(model_id, error):
+            raise refusal from None
         raise click.ClickException(
             f"could not load model {model_id!r}: {error}\n(--model takes a local checkpoint folder, "
             f"or a hub id when the hub is reachable)"
