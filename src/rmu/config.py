@@ -261,12 +261,14 @@ def make_config(values: dict[str, Any]) -> UnlearnConfig:
     except ValidationError as error:
         lines = []
         for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"])
-            flag = f"--{_flag(str(item['loc'][0]))}" if item["loc"] else ""
+            loc = [str(part) for part in item["loc"]]
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "extra_forbidden":
-                message, where = f"unknown option {where!r}; the options are those of rmu unlearn --help", ""
-            lines.append(message if not where or message.startswith(flag) else f"{flag}{where[len(flag) - 2:]}: {message}")
+                lines.append(f"unknown option {'.'.join(loc)!r}; the options are those of rmu unlearn --help")
+            elif not loc or message.startswith(f"--{_flag(loc[0])}"):
+                lines.append(message)
+            else:  # name the option as on the command line: --update-layers.0: ...
+                lines.append(f"--{_flag('.'.join(loc))}: {message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
