@@ -98,6 +98,14 @@ def test_bad_option_values_are_refused_before_loading(workspace, no_loading, ext
     refused(unlearn_args(workspace, *extra), *words)
 
 
+def test_sweeps_refuse_bad_values_before_loading(workspace, tmp_path, no_loading):
+    for sweep, grid in (("layers", ["--layers", "1,2"]), ("coeff", ["--values", "1,2"])):
+        refused(["sweep", sweep, *grid, "--model", workspace / "model", "--forget", f"bio={workspace / 'bio.jsonl'}",
+                 "--retain", workspace / "retain.txt", "--forget-task", workspace / "task.jsonl",
+                 "--retain-task", workspace / "task.jsonl", "--output", tmp_path / sweep, "--lr", "nan"],
+                "--lr is nan")
+
+
 def test_device_cuda_without_cuda_is_refused(workspace, no_loading):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
