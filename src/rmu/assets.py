@@ -13,6 +13,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from rmu.errors import RmuError
+
 
 def cache_dir() -> Path:
     """Where rmu keeps downloaded and converted assets (``$RMU_CACHE``, else ~/.cache/rmu)."""
@@ -22,7 +24,7 @@ def cache_dir() -> Path:
     return path
 
 
-class AssetError(RuntimeError):
+class AssetError(RmuError, RuntimeError):
     """A packaged asset could not be obtained."""
 
 

@@ -6,20 +6,27 @@ truncation length) accept one value for all topics, a list, or a comma-separated
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+
+from rmu.errors import RmuError
 
 Method = Literal["rmu", "adaptive"]
 AdaptiveRule = Literal["first-batch", "per-sample"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 PER_TOPIC_FIELDS = ("steering_coeff", "beta", "alpha", "max_len")
+MAX_TOKENS = 2**31 - 1  # truncation lengths beyond this overflow the tokenizers' integers
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 
 
-class ConfigError(ValueError):
+class ConfigError(RmuError, ValueError):
     """A configuration value is wrong; the message names the option and the fix."""
 
 
@@ -88,11 +95,32 @@ class UnlearnConfig(BaseModel):
     def _comma_lists(cls, value: Any) -> Any:
         return _split_list(value)
 
+    # Input validation (issue #10): types as declared, finite numbers in range, devices that exist.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads yes/no/on/off/true/false as booleans: never take one as a number, or a number as one."""
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if kinds and bool not in kinds and any(isinstance(item, bool) for item in items):
+            raise ValueError(f"{value!r} is a true/false value, not a number (YAML reads yes, no, on, off, "
+                             "true and false as booleans); give a number")
+        if kinds == {bool} and value is not None and not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false; give true or false")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
+
     @model_validator(mode="after")
     def _check(self) -> "UnlearnConfig":
         topics = list(self.forget)
         if not topics:
             raise ValueError("give at least one forget corpus (--forget NAME=FILE)")
+        for name, source in self.forget.items():
+            _check_topic(name, source)
         for name in PER_TOPIC_FIELDS:
             value = getattr(self, name)
             values = list(value) if isinstance(value, list) else [value] * len(topics)
@@ -126,9 +154,36 @@ class UnlearnConfig(BaseModel):
             raise ValueError("--max-len must be positive")
         if self.noise < 0 or self.save_every < 0:
             raise ValueError("--noise and --save-every must be 0 or more")
+        self._check_ranges()
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self
+
+    def _check_ranges(self) -> None:
+        """Finite numbers, in the range where each one means something (issue #10)."""
+        for name in ("lr", "noise", "steering_coeff", "beta", "alpha"):
+            values = getattr(self, name)
+            for value in values if isinstance(values, list) else [values]:
+                if not math.isfinite(value):
+                    raise ValueError(f"--{_flag(name)} is {value}; give a finite number")
+        for name, meaning in (("steering_coeff", "the norm of the forget target c*u"),
+                              ("beta", "a multiple of the frozen activation norm"),
+                              ("alpha", "the weight of the retain loss")):
+            negative = [value for value in getattr(self, name) if value < 0]
+            if negative:
+                raise ValueError(f"--{_flag(name)} {negative[0]:g} is negative; it is {meaning}: give 0 or more")
+        if self.min_len < 0:
+            raise ValueError(f"--min-len {self.min_len} is negative; give 0 or more characters (0 keeps every document)")
+        for name in ("max_len", "retain_max_len"):
+            values = getattr(self, name)
+            too_large = [value for value in (values if isinstance(values, list) else [values]) if value > MAX_TOKENS]
+            if too_large:
+                raise ValueError(f"--{_flag(name)} {too_large[0]} is too large; give at most {MAX_TOKENS} tokens "
+                                 "(and at most the model's position limit)")
+        for name in ("seed", "noise_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ValueError(f"--{_flag(name)} {value} is out of range; give 0..{MAX_SEED}")
 
     @property
     def topics(self) -> list[str]:
@@ -148,9 +203,55 @@ def parse_topic_sources(items: list[str]) -> dict[str, str]:
             name = source.split(":")[1] if source.startswith("hf:") else Path(source).stem
         name = name.strip()
         if name in topics:
-            raise ValueError(f"forget topic '{name}' is given twice; name topics with NAME=FILE")
+            raise ConfigError(f"forget topic '{name}' is given twice; name topics with NAME=FILE")
+        _check_topic(name, source.strip(), item)
         topics[name] = source.strip()
     return topics
+
+
+def _check_topic(name: str, source: str, given: str | None = None) -> None:
+    given = given if given is not None else f"{name}={source}"
+    if not name:
+        raise ConfigError(f"--forget {given!r}: the topic name is empty; write NAME=FILE, or FILE alone to name "
+                          "the topic after the file")
+    if not source:
+        raise ConfigError(f"--forget {given!r}: no corpus after the topic name; write NAME=FILE")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types bool, int, float that a field's annotation admits (list[float] | float -> {float})."""
+    if get_origin(annotation) is Literal:
+        return set()
+    args = get_args(annotation)
+    if not args:
+        return {annotation} & {bool, int, float}
+    return set().union(*(_scalar_kinds(arg) for arg in args))
+
+
+def check_device(option: str) -> str:
+    """``option`` if it names a device this machine has (auto, cpu, cuda, cuda:N, mps, ...), else a ConfigError."""
+    if option == "auto":
+        return option
+    import torch
+
+    try:
+        device = torch.device(option)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {option!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "meta":
+        raise ConfigError("--device meta holds no data; use auto, cpu, cuda, cuda:N or mps")
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        raise ConfigError(f"--device {option}: this machine has no {device.type.upper()} device that torch "
+                          f"{torch.__version__} can use; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {option}: there are {torch.cuda.device_count()} CUDA devices "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return option
 
 
 def make_config(values: dict[str, Any]) -> UnlearnConfig:
@@ -160,9 +261,14 @@ def make_config(values: dict[str, Any]) -> UnlearnConfig:
     except ValidationError as error:
         lines = []
         for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"]) or "config"
+            loc = [str(part) for part in item["loc"]]
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {message}" if where != "config" else message)
+            if item["type"] == "extra_forbidden":
+                lines.append(f"unknown option {'.'.join(loc)!r}; the options are those of rmu unlearn --help")
+            elif not loc or message.startswith(f"--{_flag(loc[0])}"):
+                lines.append(message)
+            else:  # name the option as on the command line: --update-layers.0: ...
+                lines.append(f"--{_flag('.'.join(loc))}: {message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
@@ -171,7 +277,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except yaml.constructor.ConstructorError as error:
+        # safe_load builds plain values only; a tag such as !!python/object would run code.
+        tag = re.search(r"tag '([^']+)'", str(error.problem))
+        what = f"the tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')}" if tag else f"({error.problem})"
+        raise ConfigError(f"config file {path}{_yaml_place(error)}: refused {what}; rmu reads YAML with safe_load, "
+                          "which builds plain values only (no Python objects): remove the tag") from None
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {path}{_yaml_place(error)}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _yaml_place(error: Exception) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f", line {mark.line + 1}" if mark is not None else ""

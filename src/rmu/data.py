@@ -4,18 +4,26 @@ A corpus is a list of documents read from JSON lines (a "text" field), plain tex
 line), CSV or parquet (a "text" column), or a Hugging Face dataset (``hf:NAME[:CONFIG][:SPLIT]``,
 online only). Documents are grouped into consecutive batches and tokenised once, with left padding
 and pad = EOS, as the reference code does.
+
+Files are read as UTF-8 (a byte-order mark is allowed). Whatever a file holds, reading it either
+gives documents or raises :class:`DataError` naming the file (and the line, where there is one):
+a "text" that is null or not a string is refused, never trained on as the string "None"; an empty
+CSV or parquet cell is an empty document and is dropped like an empty line of a text file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from rmu.errors import RmuError
 
-class DataError(ValueError):
+
+class DataError(RmuError, ValueError):
     """A corpus is missing, empty or malformed; the message names the file and the fix."""
 
 
@@ -33,8 +41,7 @@ def read_corpus(source: str, min_len: int = 0) -> list[str]:
         elif suffix in (".csv", ".parquet"):
             documents = _read_table(path)
         else:
-            documents = [line.rstrip("\n") for line in path.open(encoding="utf-8")]
-            documents = [d for d in documents if d.strip()]
+            documents = _read_plain_lines(path)
     kept = [str(d) for d in documents if len(d) > min_len]
     if not kept:
         raise DataError(
@@ -45,44 +52,91 @@ def read_corpus(source: str, min_len: int = 0) -> list[str]:
 
 
 def _looks_like_lines(path: Path) -> bool:
-    with path.open(encoding="utf-8") as handle:
-        return handle.read(1) == "{"
+    with path.open("rb") as handle:
+        return handle.read(4).removeprefix(b"\xef\xbb\xbf")[:1] == b"{"
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; an undecodable byte is a DataError naming the file and its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
+                        "save the file as UTF-8") from None
+
+
+def _parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
 
 
 def _text_of(record: object, where: str) -> str:
     if not isinstance(record, dict) or "text" not in record:
         raise DataError(f"{where}: expected an object with a \"text\" field")
-    return str(record["text"])
+    text = record["text"]
+    if not isinstance(text, str):
+        raise DataError(f"{where}: \"text\" is {_json_kind(text)}, not a string; give each document as "
+                        "text, or remove the row")
+    return text
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _read_json_lines(path: Path) -> list[str]:
     documents = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            documents.append(_text_of(record, f"{path}, line {number}"))
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        documents.append(_text_of(_parse_json(line, where), where))
     return documents
 
 
 def _read_json(path: Path) -> list[str]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of objects with a \"text\" field, or JSON lines")
     return [d if isinstance(d, str) else _text_of(d, f"{path}, item {i}") for i, d in enumerate(data)]
 
 
+def _read_plain_lines(path: Path) -> list[str]:
+    """One document per line (any line ending), blank lines skipped."""
+    lines = (line.rstrip("\n") for line in io.StringIO(read_text(path), newline=None))
+    return [line for line in lines if line.strip()]
+
+
 def _read_table(path: Path) -> list[str]:
     import pandas as pd
 
-    frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(io.StringIO(read_text(path)))
+    except DataError:
+        raise
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        # pyarrow's ArrowInvalid is a ValueError; pandas reports the line of a malformed CSV row.
+        kind = "parquet" if path.suffix.lower() == ".parquet" else "CSV"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable {kind} table ({reason})") from None
     if "text" not in frame.columns:
         raise DataError(f"{path}: no \"text\" column (columns: {', '.join(map(str, frame.columns))})")
     return [str(t) for t in frame["text"].dropna()]
@@ -102,7 +156,7 @@ def _read_hub_dataset(source: str) -> list[str]:
         ) from None
     if "text" not in dataset.column_names:
         raise DataError(f"dataset {source} has no \"text\" column (columns: {dataset.column_names})")
-    return [str(t) for t in dataset["text"]]
+    return [_text_of({"text": t}, f"dataset {source}, row {i}") for i, t in enumerate(dataset["text"])]
 
 
 def consecutive_batches(documents: list[str], batch_size: int) -> list[list[str]]:

@@ -46,10 +46,11 @@ from tqdm.auto import tqdm
 from rmu import checkpoint, distributed, rules
 from rmu.config import UnlearnConfig
 from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
+from rmu.errors import RmuError
 from rmu.structure import ModelStructure, find_structure, layer_hidden, select_parameters
 
 
-class UnlearnError(RuntimeError):
+class UnlearnError(RmuError, RuntimeError):
     """The run cannot go on (bad layer, diverging loss, ...); the message says why and what to do."""
 
 
@@ -230,16 +231,10 @@ def _load(config: UnlearnConfig, device: torch.device):
 
 
 def _check_layer_before_loading(config: UnlearnConfig) -> None:
-    """Catch a layer outside the model from its config alone, before the weights are read."""
-    from transformers import AutoConfig
+    """Catch what cannot run (layer, lengths, --params, checkpoint files) before the weights are read."""
+    from rmu.preflight import check_run
 
-    from rmu.loading import resolve_checkpoint
-
-    model_config = AutoConfig.from_pretrained(resolve_checkpoint(config.model),
-                                              trust_remote_code=config.trust_remote_code)
-    depth = getattr(model_config.get_text_config(), "num_hidden_layers", None)
-    if isinstance(depth, int) and config.layer >= depth:
-        raise UnlearnError(f"--layer {config.layer} is outside the model: it has layers 0..{depth - 1}")
+    check_run(config)
 
 
 def _freeze_all_but(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[str, bool]:

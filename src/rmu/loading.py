@@ -33,10 +33,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rmu.errors import RmuError
 from rmu.structure import find_structure
 
 SINGLE_FILE = "model.safetensors"
@@ -45,11 +46,14 @@ INDEX_FILE = "model.safetensors.index.json"
 # What a hub id looks like: "name" or "owner/name". Anything else is taken as a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
+# Weight files that hold pickle, which can run code when read: refused, never opened.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
 # Files worth fetching from the hub: configs, tokenizer files, safetensors shards, remote code.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RmuError, ValueError):
     """A checkpoint cannot be found, read or patched as asked."""
 
 
@@ -82,15 +86,60 @@ def _download_from_hub(repo_id: str) -> Path:
         ) from error
 
 
+def check_checkpoint_files(folder: Path) -> None:
+    """Refuse, before anything is read, a folder that is not a complete safetensors checkpoint.
+
+    Names what is missing (config, weights, shards, tokenizer); pickle weights are refused, not opened.
+    """
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not (folder / INDEX_FILE).is_file() and not (folder / SINGLE_FILE).is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"refused: pickle checkpoint ({', '.join(pickles)} in {folder}); reading pickle can run code, so "
+                "rmu reads safetensors only: convert to safetensors (save_pretrained in a trusted environment)"
+            )
+        missing.append(f"{SINGLE_FILE} (or {INDEX_FILE} and its shards)")
+    else:
+        shards = sorted(set(checkpoint_weight_map(folder).values()))
+        missing += [shard for shard in shards if not (folder / shard).is_file()]
+    if not any(_is_tokenizer_file(p.name) for p in folder.iterdir()):
+        missing.append("the tokenizer (tokenizer.json, or tokenizer.model, or vocab.json and merges.txt)")
+    if missing:
+        raise CheckpointError(f"{folder} is not a complete checkpoint: missing {'; '.join(missing)}. "
+                              "Point --model at a folder written by save_pretrained (weights in safetensors).")
+
+
+def remote_code_refusal(source, error: Exception) -> CheckpointError | None:
+    """The one-line refusal for transformers' "custom code" error, or None for any other error."""
+    if "trust_remote_code" not in str(error) and "custom code" not in str(error):
+        return None
+    return CheckpointError(f"{source} ships its own model code, which rmu runs only with --trust-remote-code "
+                           "(off by default: read that code first)")
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name.startswith(("tokenizer", "vocab", "spiece", "merges")) or name.endswith((".model", ".tiktoken"))
+
+
 def checkpoint_weight_map(folder: Path) -> dict[str, str]:
     """Tensor name -> shard file name, from the shard index or the single safetensors file."""
     index = folder / INDEX_FILE
     if index.is_file():
-        return dict(json.loads(index.read_text())["weight_map"])
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            return {str(name): str(shard) for name, shard in dict(weight_map).items()}
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a safetensors shard index ({type(error).__name__}: {error}); "
+                                  "write the checkpoint again with save_pretrained") from None
     single = folder / SINGLE_FILE
     if single.is_file():
-        with safe_open(single, framework="pt") as handle:
-            return dict.fromkeys(handle.keys(), SINGLE_FILE)
+        try:
+            with safe_open(single, framework="pt") as handle:
+                return dict.fromkeys(handle.keys(), SINGLE_FILE)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{single} is not a readable safetensors file ({error}); "
+                                  "write the checkpoint again with save_pretrained") from None
     raise CheckpointError(
         f"no {SINGLE_FILE} or {INDEX_FILE} in {folder}; rmu reads safetensors checkpoints only "
         "(convert .bin checkpoints with save_pretrained first)"
@@ -149,6 +198,7 @@ def load_model(
     only those tensors are read from the shards.
     """
     folder = resolve_checkpoint(source)
+    check_checkpoint_files(folder)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     if upto_layer is None:
         from transformers import AutoModelForCausalLM
@@ -182,7 +232,7 @@ def truncated_skeleton(folder: Path, upto_layer: int, dtype, trust_remote_code: 
     Fill it with :func:`materialise`; in between, modules may be sharded (FSDP2 on meta tensors,
     see :func:`rmu.distributed.load_sharded`) so that each process reads only its own rows.
     """
-    model = _build_skeleton(folder, dtype, trust_remote_code)
+    model = empty_model(folder, dtype, trust_remote_code)
     _drop_layers_above(model, upto_layer)
     _omit_lm_head(model)
     model.rmu_truncated_at_layer = upto_layer
@@ -196,7 +246,7 @@ def materialise(model: nn.Module, folder: Path, dtype, device) -> nn.Module:
     return model.eval()
 
 
-def _build_skeleton(folder: Path, dtype, trust_remote_code) -> nn.Module:
+def empty_model(folder: Path, dtype, trust_remote_code) -> nn.Module:
     """The full model with every parameter on the meta device (no memory) and real buffers.
 
     The full config is kept (not a reduced layer count) so that per-layer config lists such as
@@ -214,7 +264,7 @@ def _build_skeleton(folder: Path, dtype, trust_remote_code) -> nn.Module:
 def _drop_layers_above(model: nn.Module, upto_layer: int) -> None:
     layers = find_structure(model).layers
     if not 0 <= upto_layer < len(layers):
-        raise ValueError(f"upto_layer must be between 0 and {len(layers) - 1}, got {upto_layer}")
+        raise CheckpointError(f"upto_layer must be between 0 and {len(layers) - 1}, got {upto_layer}")
     del layers[upto_layer + 1 :]
 
 

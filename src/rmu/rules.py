@@ -17,7 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from rmu.config import ConfigError
 
 
 def random_control_vectors(topics: list[str], hidden_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -38,18 +41,27 @@ def load_control_vectors(path: str | Path, topics: list[str], hidden_size: int) 
     """Saved vectors for ``topics``; a clear error when a topic is missing or the width differs."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--control-vectors {path} does not exist")
-    vectors = load_file(str(path))
+        raise ConfigError(f"--control-vectors {path} does not exist")
+    try:
+        vectors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ConfigError(unreadable_control_vectors(path, error)) from None
     missing = [t for t in topics if t not in vectors]
     if missing:
-        raise ValueError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(vectors)}")
+        raise ConfigError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(vectors)}")
     for topic in topics:
         if vectors[topic].shape != (hidden_size,):
-            raise ValueError(
+            raise ConfigError(
                 f"--control-vectors {path}: vector '{topic}' has shape {tuple(vectors[topic].shape)}, "
                 f"the model's hidden size is {hidden_size}"
             )
     return {t: vectors[t].float() for t in topics}
+
+
+def unreadable_control_vectors(path: Path, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"--control-vectors {path} is not a safetensors file of control vectors ({reason}); pass the "
+            "control_vectors.safetensors that rmu unlearn wrote")
 
 
 def token_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rmu.errors import RmuError
+
 # Direct children of a decoder layer whose names say they are the attention sub-layer. They are
 # excluded when looking for the MLP, which is then the largest remaining sub-layer.
 _ATTENTION_WORDS = ("attn", "attention")
 
 
-class StructureError(ValueError):
+class StructureError(RmuError, ValueError):
     """The model does not look like a decoder-only transformer we can work with."""
 
 

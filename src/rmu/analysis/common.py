@@ -13,10 +13,11 @@ from torch import nn
 
 from rmu.data import TokenBatch, prepare_tokenizer, read_corpus, tokenize
 from rmu.engine import LayerRunner
+from rmu.errors import RmuError
 from rmu.structure import find_structure, layer_hidden
 
 
-class AnalysisError(ValueError):
+class AnalysisError(RmuError, ValueError):
     """Bad input to a sweep or an analysis; the message says what to change."""
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
+from rmu.errors import RmuError
 from rmu.evaluate import SCORINGS, evaluate
 from rmu.tasks import Task, load_task
 
 __all__ = ["AttackError", "as_models", "load_questions", "accuracy", "write_json", "describe_models"]
 
 
-class AttackError(ValueError):
+class AttackError(RmuError, ValueError):
     """Bad input to an attack; the message says what to change."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rmu import __version__
+from rmu.config import check_device
 from rmu.evaluate import BACKENDS, SCORINGS, evaluate, format_table, save_results
 from rmu.tasks import Task, TaskFormatError, UnknownTaskError, load_task
 
@@ -39,17 +40,27 @@ def resolve_tasks(names: tuple[str, ...], backend: str, subject: str) -> list[Ta
 
 def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code: bool):
     """``AutoModelForCausalLM`` and ``AutoTokenizer`` from a folder or a hub id, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from pathlib import Path
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rmu.loading import check_checkpoint_files, remote_code_refusal
+
+    if device is None or check_device(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if Path(model_id).is_dir():
+        check_checkpoint_files(Path(model_id))  # incomplete folders and pickle weights, before reading
     try:
+        AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)  # shipped code refused here
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, use_safetensors=True,
         )
     except (OSError, ValueError) as error:
+        if refusal := remote_code_refusal(model_id, error):
+            raise refusal from None
         raise click.ClickException(
             f"could not load model {model_id!r}: {error}\n(--model takes a local checkpoint folder, "
             f"or a hub id when the hub is reachable)"
@@ -86,6 +97,8 @@ def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code:
 def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device, trust_remote_code,
             subject, lm_eval_task_dir, output, progress):
     """Multiple-choice accuracy of a model on named tasks or task files."""
+    if device is not None:
+        check_device(device)  # before the tasks and the weights
     resolved = resolve_tasks(tasks, backend, subject)
     model, tokenizer = load_model(model_id, dtype, device, trust_remote_code)
     if backend == "lm-eval":

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from rmu.config import ConfigError, load_yaml, parse_topic_sources
+from rmu.config import ConfigError, load_yaml, make_config, parse_topic_sources
 
 SCORINGS = ("letter", "cloze", "completion")  # rmu.evaluate.SCORINGS, without importing torch at start-up
 
@@ -94,6 +94,7 @@ def collect_base(config_file, forget, retain, flags: dict) -> dict:
     missing = [f"--{k}" for k in ("model", "forget", "retain") if k not in values]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
+    make_config(values)  # refuse bad values (nan, negative, wrong YAML types) before the model loads
     return values
 
 

@@ -58,24 +58,22 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""
-    from rmu.engine import UnlearnError, unlearn
+    from rmu.engine import unlearn
 
-    try:
-        values = load_yaml(config_file) if config_file else {}
-        if forget:
-            values["forget"] = parse_topic_sources(list(forget))
-        if retain:
-            values["retain"] = list(retain)
-        values.update({k: v for k, v in flags.items() if v is not None})
-        missing = [f"--{k}" for k in ("model", "forget", "retain") if k not in values]
-        if missing:
-            raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
-        config = make_config(values)
-        if nproc > 1:
-            raise SystemExit(_launch(config, nproc, quiet))
-        result = unlearn(config, progress=not quiet)
-    except (ConfigError, UnlearnError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    # Errors of rmu (ConfigError, DataError, UnlearnError, ...) become one-line messages in rmu.cli.
+    values = load_yaml(config_file) if config_file else {}
+    if forget:
+        values["forget"] = parse_topic_sources(list(forget))
+    if retain:
+        values["retain"] = list(retain)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    missing = [f"--{k}" for k in ("model", "forget", "retain") if k not in values]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
+    config = make_config(values)
+    if nproc > 1:
+        raise SystemExit(_launch(config, nproc, quiet))
+    result = unlearn(config, progress=not quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 speaks for the job
     last = result.records[-1] if result.records else {}

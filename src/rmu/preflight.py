@@ -1,0 +1,90 @@
+"""Checks of an unlearning run against the model's files, before any weight is read.
+
+They use config.json, the safetensors headers and the model built on the meta device (no memory),
+so that a run that cannot work fails in a second with a message naming the option, not after
+minutes of loading or in step 0: the checkpoint is complete and not pickle, the steered layer
+exists, the truncation lengths fit the model's positions, ``--params`` selects weights, and saved
+control vectors fit the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rmu.config import ConfigError, UnlearnConfig
+from rmu.loading import (CheckpointError, check_checkpoint_files, empty_model, remote_code_refusal,
+                         resolve_checkpoint)
+from rmu.structure import find_structure, select_parameters
+
+# Config keys that state how many positions a model has (GPT-2 names it n_positions).
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions")
+
+
+def check_run(config: UnlearnConfig) -> None:
+    """Raise a ConfigError / CheckpointError / StructureError naming the option when ``config`` cannot run."""
+    folder = resolve_checkpoint(config.model)
+    check_checkpoint_files(folder)
+    model = _empty_model(folder, config.trust_remote_code)
+    structure = find_structure(model)
+    if config.layer >= structure.num_layers:
+        raise ConfigError(f"--layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+    check_lengths(config, model.config)
+    select_parameters(model, structure, config.update_layers, config.params)  # names the presets if none match
+    if config.control_vectors:
+        check_control_vectors(Path(config.control_vectors), config.topics, structure.hidden_size)
+
+
+def _empty_model(folder: Path, trust_remote_code: bool):
+    try:
+        import torch
+
+        return empty_model(folder, torch.float32, trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:  # unreadable config.json, unknown model type, remote code
+        if refusal := remote_code_refusal(folder, error):
+            raise refusal from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{folder / 'config.json'}: cannot build the model it describes ({reason})") from None
+
+
+def position_limit(model_config) -> int | None:
+    """The number of positions the model's config states, if it states one."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for key in POSITION_LIMIT_KEYS:
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_lengths(config: UnlearnConfig, model_config) -> None:
+    """--max-len and --retain-max-len within the model's positions (beyond them, step 0 fails)."""
+    limit = position_limit(model_config)
+    if limit is None:
+        return
+    for name, values in (("max-len", config.max_len), ("retain-max-len", [config.retain_max_len])):
+        too_long = [value for value in values if value > limit]
+        if too_long:
+            raise ConfigError(f"--{name} {too_long[0]} exceeds the model's position limit of {limit} tokens "
+                              f"(config.json); give at most {limit}")
+
+
+def check_control_vectors(path: Path, topics: list[str], hidden_size: int) -> None:
+    """A --control-vectors file is readable safetensors with one vector of the model's width per topic."""
+    from safetensors import SafetensorError, safe_open
+
+    from rmu.rules import unreadable_control_vectors
+
+    if not path.is_file():
+        raise ConfigError(f"--control-vectors {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ConfigError(unreadable_control_vectors(path, error)) from None
+    missing = [topic for topic in topics if topic not in shapes]
+    if missing:
+        raise ConfigError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(shapes)}")
+    for topic in topics:
+        if shapes[topic] != (hidden_size,):
+            raise ConfigError(f"--control-vectors {path}: vector '{topic}' has shape {shapes[topic]}, the model's "
+                              f"hidden size is {hidden_size}")
