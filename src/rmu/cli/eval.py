@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from rmu import __version__
-from rmu.evaluate import BACKENDS, SCORINGS, evaluate, format_table, save_results
+from rmu.evaluate import BACKENDS, RESULTS_WRITER, SCORINGS, evaluate, format_table, save_results
 from rmu.tasks import Task, TaskFormatError, UnknownTaskError, load_task
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -86,6 +86,13 @@ def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code:
 def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device, trust_remote_code,
             subject, lm_eval_task_dir, output, progress):
     """Multiple-choice accuracy of a model on named tasks or task files."""
+    if output:  # refused now, not after the whole evaluation
+        from rmu.outputs import OutputError, check_file, input_paths
+
+        try:
+            check_file(output, input_paths(model_id, list(tasks)), written_by=RESULTS_WRITER)
+        except OutputError as error:
+            raise click.ClickException(str(error)) from None
     resolved = resolve_tasks(tasks, backend, subject)
     model, tokenizer = load_model(model_id, dtype, device, trust_remote_code)
     if backend == "lm-eval":
