@@ -222,12 +222,12 @@ def check_folder(output: str | os.PathLike, inputs: Iterable[Path] = (), what: s
 
 @contextlib.contextmanager
 def claim_folder(output: str | os.PathLike, command: str, inputs: Iterable[Path] = (),
-                 what: str = "--output", may_lie_inside: Iterable[Path] = ()) -> Iterator[Path]:
+                 what: str = "--output", may_lie_inside: Iterable[Path] = (), overwrite: bool = False) -> Iterator[Path]:
     """Check, lock and mark an output folder for the duration of a command; yields its resolved path."""
     folder = check_folder(output, inputs, what, may_lie_inside)
-    check_ours(folder, what)  # refused without leaving a lock file behind
+    check_ours(folder, what, overwrite)  # refused without leaving a lock file behind
     with OutputLock(folder, command, what):
-        check_ours(folder, what)  # again: another run may have written it meanwhile
+        check_ours(folder, what, overwrite)  # again: another run may have written it meanwhile
         try:
             mark(folder, command)
         except OSError as error:
@@ -256,7 +256,8 @@ def writes_folder(command: str, inputs: Callable[[dict], list] | tuple[str, ...]
                 return function(*args, **kwargs)
             sources = inputs(arguments) if callable(inputs) else [arguments.get(name) for name in inputs]
             readable = input_paths(*[arguments.get(name) for name in result_folders])
-            with claim_folder(arguments[output], command, input_paths(*sources), may_lie_inside=readable):
+            with claim_folder(arguments[output], command, input_paths(*sources), may_lie_inside=readable,
+                              overwrite=bool(arguments.get("overwrite"))):
                 return function(*args, **kwargs)
 
         return wrapper
