@@ -43,9 +43,10 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
               help="Model dtype (default float32); losses and the optimizer's copies of trained weights stay float32.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... or auto (default).")
 @click.option("--output", type=click.Path(file_okay=False), help="Folder for the checkpoint, run.json and control vectors.")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a finished run in --output.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a run rmu wrote in --output (never another folder).")
 @click.option("--save-every", type=int, help="Save resumable state every N steps.")
-@click.option("--resume", is_flag=True, default=None, help="Continue the interrupted run in --output.")
+@click.option("--resume", is_flag=True, default=None, help="Continue the interrupted run in --output (refused if its inputs or options changed; "
+                   "with nothing saved, starts afresh).")
 @click.option("--control-vectors", type=click.Path(dir_okay=False), help="Reuse saved control vectors (safetensors).")
 @click.option("--trust-remote-code", is_flag=True, default=None)
 @click.option("--full-load", is_flag=True, default=None, help="Load the whole model (default: layers 0..l only).")
