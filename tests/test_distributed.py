@@ -75,7 +75,8 @@ def test_two_processes_give_the_single_process_run(workspace, single_process, tm
     config.write_text(yaml.safe_dump(load_yaml(workspace / "run.yaml") | {"output": str(tmp_path / "run")}))
     run_job(LAUNCHES[mode](str(config)), cwd=tmp_path)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.yaml"]  # rank 1 wrote nothing
+    # rank 1 wrote nothing (.run.lock: rank 0's lock on the output)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".run.lock") == ["run", "run.yaml"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(p.name for p in single_output.iterdir())
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert len(run["steps"]) == len(single.records) == 3

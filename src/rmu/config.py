@@ -75,6 +75,8 @@ class UnlearnConfig(BaseModel):
     full_load: bool = False  # load the whole model instead of layers 0..l only
     gradient_checkpointing: bool = False  # recompute the updated layers in backward (less memory)
     fsdp: bool = False  # shard layers 0..l across ranks with FSDP2 as they are read (under torchrun)
+    # Run folders (issue #10): stop a run whose losses explode though finite (rmu.divergence).
+    divergence_check: bool = True
 
     @field_validator("forget", mode="before")
     @classmethod

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rmu import checkpoint, distributed, rules
+from rmu import checkpoint, distributed, divergence, rules
 from rmu.config import UnlearnConfig
 from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
 from rmu.errors import RmuError
@@ -291,15 +291,14 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
     ``callbacks`` receive each step's record (an exception raised by one stops the run). Launched by
     torchrun, every rank calls this and gets the same records (see :mod:`rmu.distributed`).
     """
-    with distributed.session(config.device) as ranks:
-        return _unlearn(config, ranks, model, tokenizer, callbacks, progress and ranks.is_main)
-
-
-def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module | None, tokenizer,
-             callbacks: tuple[Callback, ...], progress: bool) -> UnlearnResult:
     started = time.perf_counter()
-    # Before anything slow: refuse a finished output. Only rank 0 clears an old partial run.
-    plan = checkpoint.OutputPlan.check(config, may_delete=ranks.is_main)
+    # Before anything slow: refuse an output rmu must not write, and lock it (rank 0) until the end.
+    with distributed.session(config.device) as ranks, checkpoint.OutputPlan.claim(config, ranks.is_main) as plan:
+        return _unlearn(config, plan, ranks, model, tokenizer, callbacks, progress and ranks.is_main, started)
+
+
+def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distributed.Ranks, model: nn.Module | None,
+             tokenizer, callbacks: tuple[Callback, ...], progress: bool, started: float) -> UnlearnResult:
     if config.fsdp and not ranks.distributed:
         raise UnlearnError("--fsdp shards the updated layers across processes: launch with --nproc N or torchrun")
     if config.fsdp and model is not None:
@@ -362,6 +361,8 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
             record = _step(config, runner, tensors, optimizer, noise, ranks, step, topics[topic_index], topic_index,
                            forget_batch, retain_batch, targets[topics[topic_index]], coefficients)
             records.append(record)
+            if problem := divergence.check(records, config):
+                raise UnlearnError(problem)
             bar.set_postfix(topic=record["topic"], forget=f"{record['forget_loss']:.4g}",
                             retain=f"{record['retain_loss']:.4g}", coeff=f"{record['coeff']:.4g}")
             for callback in callbacks:

@@ -186,12 +186,18 @@ def format_table(results: dict[str, TaskResult]) -> str:
     return "\n".join(lines)
 
 
+RESULTS_WRITER = "rmu eval"  # marks a results file rmu may replace (rmu.outputs.check_file)
+
+
 def save_results(results: dict[str, TaskResult], path: str | Path, **metadata) -> Path:
-    """Write ``{"metadata": ..., "results": {task: TaskResult as dict}}`` as JSON."""
+    """Write ``{"written_by": "rmu eval", "metadata": ..., "results": {task: TaskResult as dict}}`` as JSON, atomically."""
+    from rmu.outputs import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"metadata": metadata, "results": {name: r.to_dict() for name, r in results.items()}}
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    payload = {"written_by": RESULTS_WRITER, "metadata": metadata,
+               "results": {name: r.to_dict() for name, r in results.items()}}
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
     return path
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, read_json
+from rmu.outputs import writes_folder
 
 RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "token_norms.json", "run.json")
 
@@ -139,6 +140,7 @@ def _html(sections: list[Section], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
+@writes_folder("report", result_folders=("folders",))
 def build_report(folders: Sequence[str | Path], output: str | Path, title: str = "rmu report") -> dict[str, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) to ``output``."""
     if not folders:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
 from rmu.evaluate import SCORINGS, prompt_and_continuations
+from rmu.outputs import writes_folder
 from rmu.tasks import Task, load_task
 
 # the evaluator's prompt of each scoring; "completion" feeds the question itself ("The symbol of iron is")
@@ -70,6 +71,7 @@ def summarize(values: Sequence[float]) -> dict:
     return {"count": n, "mean": mean, "variance": variance, "std": math.sqrt(variance)}
 
 
+@writes_folder("analyze confidence", inputs=("models", "questions"))
 def analyze_confidence(models: dict, questions: Sequence[str | Path | Task] | str | Path | Task,
                        output: str | Path | None = None, *, tokens: int = 30, limit: int | None = None,
                        prompt: str = "cloze", progress: bool = True, plot: bool = True,

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from rmu.analysis.common import AnalysisError, forget_batches, model_or_path, write_json
+from rmu.outputs import writes_folder
 from rmu.structure import find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "noise.json"
@@ -113,6 +114,7 @@ def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, la
     return results
 
 
+@writes_folder("analyze noise-sensitivity", inputs=("models", "texts"))
 def analyze_noise(models: dict, texts: Sequence[str] | str | Path, output: str | Path | None = None, *,
                   layers: Sequence[int] | None = None, scale: float = 0.1, scale_mode: str = "relative",
                   samples: int = 2, seed: int = 0, batch_size: int = 4, max_len: int = 128,

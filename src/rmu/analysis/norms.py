@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, read_json, write_json
+from rmu.outputs import writes_folder
 
 RESULT_FILE = "norms.json"
 
@@ -71,6 +72,7 @@ def run_series(path: str | Path) -> dict:
     return {"path": str(path), "label": label, "method": method, "layer": config.get("layer"), "topics": topics}
 
 
+@writes_folder("analyze norms", result_folders=("runs",))
 def analyze_norms(runs: Sequence[str | Path], output: str | Path | None = None, plot: bool = True) -> dict:
     """Collect the norm series of the given runs; write norms.json and norms.png to ``output``."""
     data = {"kind": "norms", "settings": {"runs": [str(r) for r in runs]},

@@ -23,6 +23,7 @@ from rmu.analysis.common import (AnalysisError, forget_batches, layer_output, lo
 from rmu.config import ConfigError, UnlearnConfig, make_config
 from rmu.engine import UnlearnError, unlearn
 from rmu.evaluate import evaluate
+from rmu.outputs import writes_folder
 from rmu.structure import find_structure, select_parameters
 from rmu.tasks import Task, load_task
 
@@ -37,6 +38,14 @@ def _base_values(base: dict | UnlearnConfig) -> dict[str, Any]:
     for key in ("output", "resume", "save_every", "overwrite"):
         values.pop(key, None)
     return values
+
+
+def _sweep_inputs(arguments: dict) -> list:
+    """The input paths of a sweep (model, corpora, control vectors, task files), for rmu.outputs."""
+    base = arguments["base"]
+    values = base.model_dump() if isinstance(base, UnlearnConfig) else dict(base)
+    return [values.get(k) for k in ("model", "forget", "retain", "control_vectors")] + [
+        list(arguments.get("forget_tasks") or ()), list(arguments.get("retain_tasks") or ())]
 
 
 def _load_tasks(tasks: Sequence[str | Path | Task], what: str, subject: str = "") -> list[Task]:
@@ -186,6 +195,7 @@ def _run_point(sweep: _Sweep, values: dict, key: dict, run_name: str, extra=None
     return point
 
 
+@writes_folder("sweep layers", inputs=_sweep_inputs)
 def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str | Path, *,
                  forget_tasks: Sequence, retain_tasks: Sequence, methods: Sequence[str] = METHODS,
                  scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
@@ -238,6 +248,7 @@ def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str 
     return sweep.data
 
 
+@writes_folder("sweep coeff", inputs=_sweep_inputs)
 def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str | Path, *,
                 forget_tasks: Sequence, retain_tasks: Sequence, method: str = "rmu", layer: int | None = None,
                 scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,

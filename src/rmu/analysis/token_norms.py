@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from rmu.analysis.common import AnalysisError, decoder_outputs, forget_batches, model_or_path, write_json
+from rmu.outputs import writes_folder
 from rmu.structure import find_structure
 
 RESULT_FILE = "token_norms.json"
@@ -60,6 +61,7 @@ def token_norms(model, tokenizer, texts: Sequence[str] | str | Path, *, batch_si
     return results
 
 
+@writes_folder("analyze token-norms", inputs=("models", "texts"))
 def analyze_token_norms(models: dict, texts: Sequence[str] | str | Path, output: str | Path | None = None, *,
                         batch_size: int = 4, max_len: int = 128, max_batches: int | None = 2,
                         progress: bool = True, plot: bool = True) -> dict:

@@ -25,6 +25,7 @@ from rmu.analysis.common import AnalysisError, forget_batches, layer_output
 from rmu.attacks.common import (
     AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
 )
+from rmu.outputs import writes_folder
 from rmu.structure import find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "ablate.json"
@@ -103,6 +104,7 @@ def load_direction(control_vectors, topic: str | None = None) -> torch.Tensor:
     return control_vectors[topic].float().cpu()
 
 
+@writes_folder("attack ablate", inputs=("models", "questions", "base", "forget_texts", "control_vectors", "retain_questions"))
 def ablate_attack(models: dict, questions, output: str | Path | None = None, *, layer: int, base=None,
                   forget_texts=None, control_vectors: dict | None = None, retain_questions=None,
                   project_layers: Sequence[int] | None = None, topic: str | None = None, batch_size: int = 4,

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, mean, write_json
 from rmu.evaluate import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task
+from rmu.outputs import writes_folder
 from rmu.tasks import Question, Task
 
 RESULT_FILE = "gcg.json"
@@ -245,6 +246,7 @@ def gcg_question(model, tokenizer, question: Question, *, n_tokens: int = 20, st
     }
 
 
+@writes_folder("attack gcg", inputs=("models", "questions"))
 def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_tokens: int = 20,
                steps: int = 50, candidates: int = 128, top_k: int = 64, batch_size: int = 64,
                limit: int | None = None, seed: int = 0, filter_retokenize: bool = True,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from rmu.attacks.common import (
     AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
 )
+from rmu.outputs import writes_folder
 from rmu.tasks import Task
 
 RESULT_FILE = "keywords.json"
@@ -55,6 +56,7 @@ def read_keywords(source) -> list[str]:
     return list(source)
 
 
+@writes_folder("attack keywords", inputs=("models", "retain_questions", "keywords"))
 def keyword_attack(models: dict, retain_questions, keywords, output: str | Path | None = None, *,
                    template: str = DEFAULT_TEMPLATE, position: str = "before", seed: int = 0,
                    scoring: str = "cloze", limit: int | None = None, progress: bool = True,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from rmu.analysis.common import decoder_outputs
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json
 from rmu.evaluate import cloze_prompt, letter_prompt
+from rmu.outputs import writes_folder
 
 RESULT_FILE = "probe.json"
 PROMPTS = {"letter": letter_prompt, "cloze": cloze_prompt, "completion": None}  # completion: statements
@@ -107,6 +108,7 @@ def statement_probe_accuracy(features, answers, choices: int, *, test_fraction: 
     return float(np.mean(scores))
 
 
+@writes_folder("attack probe", inputs=("models", "questions"))
 def probe_attack(models: dict, questions, output: str | Path | None = None, *, prompt: str = "letter",
                  test_fraction: float = 0.3, splits: int = 5, seed: int = 0, c: float = 1.0,
                  limit: int | None = None, progress: bool = True, plot: bool = True) -> dict:

@@ -22,6 +22,7 @@ from rmu.attacks.common import (
     AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
 )
 from rmu.data import read_corpus
+from rmu.outputs import writes_folder
 
 RESULT_FILE = "relearn.json"
 
@@ -110,6 +111,7 @@ def finetune_curve(model, tokenizer, task, texts: list[str], *, steps: int, lr: 
             "trained_elements": sum(p.numel() for p in trained.values())}
 
 
+@writes_folder("attack relearn", inputs=("models", "questions", "forget_texts", "other_texts"))
 def relearn_attack(models: dict, questions, forget_texts, other_texts=None, output: str | Path | None = None, *,
                    k: int = 8, steps: int = 20, lr: float = 1e-5, batch_size: int = 4, max_len: int = 128,
                    eval_every: int = 5, params: Sequence[str] | str = "all", scoring: str = "cloze",

@@ -44,11 +44,12 @@ def command() -> None:
 def confidence_command(models, questions, tokens, limit, prompt, output, quiet):
     """Max logit of greedily generated tokens on forget questions: histograms, mean, variance."""
     from rmu.analysis import AnalysisError, analyze_confidence
+    from rmu.outputs import OutputError
 
     try:
         data = analyze_confidence(parse_models(models), list(questions), output, tokens=tokens, limit=limit,
                                   prompt=prompt, progress=not quiet)
-    except AnalysisError as error:
+    except (AnalysisError, OutputError) as error:
         raise click.ClickException(str(error)) from None
     for name, entry in data["models"].items():
         click.echo(f"{name}: {entry['count']} tokens, mean max logit {entry['mean']:.3f}, variance {entry['variance']:.3f}")
@@ -61,10 +62,11 @@ def confidence_command(models, questions, tokens, limit, prompt, output, quiet):
 def norms_command(runs, output):
     """Forget-representation norm against the step, coefficient as a line, from run.json files or run/sweep folders."""
     from rmu.analysis import AnalysisError, analyze_norms
+    from rmu.outputs import OutputError
 
     try:
         data = analyze_norms(list(runs), output)
-    except AnalysisError as error:
+    except (AnalysisError, OutputError) as error:
         raise click.ClickException(str(error)) from None
     for run in data["runs"]:
         for topic, series in run["topics"].items():
@@ -93,13 +95,14 @@ def noise_command(models, texts, layers_text, scale, scale_mode, samples, batche
                   quiet):
     """||g(h+xi)-g(h)||^2/||g(h)||^2 of the layers above k for Gaussian noise at layer k."""
     from rmu.analysis import AnalysisError, analyze_noise
+    from rmu.outputs import OutputError
 
     layers = parse_int_range(layers_text) if layers_text else None
     try:
         data = analyze_noise(parse_models(models), texts, output, layers=layers, scale=scale, scale_mode=scale_mode,
                              samples=samples, seed=seed, batch_size=batch_size, max_len=max_len,
                              max_batches=batches, progress=not quiet)
-    except AnalysisError as error:
+    except (AnalysisError, OutputError) as error:
         raise click.ClickException(str(error)) from None
     for name, entry in data["models"].items():
         click.echo(name + ": " + ", ".join(f"{r['layer']}: {r['sensitivity']:.3g}" for r in entry["layers"]))
@@ -119,11 +122,12 @@ def noise_command(models, texts, layers_text, scale, scale_mode, samples, batche
 def token_norms_command(models, texts, batches, batch_size, max_len, output, quiet):
     """Per layer: median token norm against the first real token's (the attention sink); see --mask-first-token."""
     from rmu.analysis import AnalysisError, analyze_token_norms
+    from rmu.outputs import OutputError
 
     try:
         data = analyze_token_norms(parse_models(models), texts, output, batch_size=batch_size, max_len=max_len,
                                    max_batches=batches, progress=not quiet)
-    except AnalysisError as error:
+    except (AnalysisError, OutputError) as error:
         raise click.ClickException(str(error)) from None
     for name, entry in data["models"].items():
         click.echo(f"{name}: layer: median / first-token norm")

@@ -21,10 +21,11 @@ _SCORING = click.option("--scoring", type=click.Choice(SCORINGS), default="cloze
 
 def _run(function, *args, **kwargs) -> dict:
     from rmu.attacks import AttackError
+    from rmu.outputs import OutputError
 
     try:
         return function(*args, **kwargs)
-    except (AttackError, FileNotFoundError) as error:
+    except (AttackError, FileNotFoundError, OutputError) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -21,7 +21,12 @@ def command(quick: bool, output: str, steering_coeff, beta, steps, quiet: bool) 
 
     changes = {k: v for k, v in dict(steering_coeff=steering_coeff, beta=beta, steps=steps).items() if v is not None}
     settings = dataclasses.replace(QUICK if quick else DEFAULT, **changes)
-    results = run_demo(output, quick=quick, progress=not quiet, settings=settings)
+    from rmu.outputs import OutputError
+
+    try:
+        results = run_demo(output, quick=quick, progress=not quiet, settings=settings)
+    except OutputError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"{'model':<14}{'forget acc':>11}{'retain acc':>11}{'perplexity':>11}")
     for key, scores in results["models"].items():
         click.echo(f"{NAMES[key]:<14}{scores['forget_accuracy']:>11.3f}{scores['retain_accuracy']:>11.3f}"

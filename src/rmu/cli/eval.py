@@ -6,7 +6,7 @@ import click
 
 from rmu import __version__
 from rmu.config import check_device
-from rmu.evaluate import BACKENDS, SCORINGS, evaluate, format_table, save_results
+from rmu.evaluate import BACKENDS, RESULTS_WRITER, SCORINGS, evaluate, format_table, save_results
 from rmu.tasks import Task, TaskFormatError, UnknownTaskError, load_task
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -68,6 +68,24 @@ def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code:
     return model.to(device).eval(), tokenizer
 
 
+def _check_outputs(model_id: str, tasks: tuple[str, ...], output: str | None, task_dir: str | None) -> None:
+    """Refuse outputs rmu must not or cannot write now, not after the whole evaluation (rmu.outputs)."""
+    from rmu.outputs import OutputError, check_file, check_folder, check_ours, input_paths, mark
+
+    inputs = input_paths(model_id, list(tasks))
+    try:
+        if output:
+            check_file(output, inputs, written_by=RESULTS_WRITER)
+        if task_dir:
+            folder = check_folder(task_dir, inputs, what="--lm-eval-task-dir")
+            check_ours(folder, "--lm-eval-task-dir")
+            mark(folder, "eval")
+    except OutputError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"--lm-eval-task-dir {task_dir} cannot be written: {error.strerror}") from None
+
+
 @click.command(name="eval")
 @click.option("--model", "model_id", required=True, metavar="PATH_OR_HUB_ID",
               help="Checkpoint folder or Hugging Face hub id.")
@@ -99,6 +117,7 @@ def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device,
     """Multiple-choice accuracy of a model on named tasks or task files."""
     if device is not None:
         check_device(device)  # before the tasks and the weights
+    _check_outputs(model_id, tasks, output, lm_eval_task_dir)
     resolved = resolve_tasks(tasks, backend, subject)
     model, tokenizer = load_model(model_id, dtype, device, trust_remote_code)
     if backend == "lm-eval":

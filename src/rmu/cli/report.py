@@ -12,10 +12,11 @@ import click
 def command(folders, output, title):
     """Configuration, tables and all figures of the given folders in report.html (+ report.md)."""
     from rmu.analysis import AnalysisError
+    from rmu.outputs import OutputError
     from rmu.report import build_report
 
     try:
         paths = build_report(list(folders), output, title)
-    except AnalysisError as error:
+    except (AnalysisError, OutputError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"report written to {paths['html']} and {paths['markdown']}")

@@ -43,9 +43,10 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
               help="Model dtype (default float32); losses and the optimizer's copies of trained weights stay float32.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... or auto (default).")
 @click.option("--output", type=click.Path(file_okay=False), help="Folder for the checkpoint, run.json and control vectors.")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a finished run in --output.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a run rmu wrote in --output (never another folder).")
 @click.option("--save-every", type=int, help="Save resumable state every N steps.")
-@click.option("--resume", is_flag=True, default=None, help="Continue the interrupted run in --output.")
+@click.option("--resume", is_flag=True, default=None, help="Continue the interrupted run in --output (refused if its inputs or options changed; "
+                   "with nothing saved, starts afresh).")
 @click.option("--control-vectors", type=click.Path(dir_okay=False), help="Reuse saved control vectors (safetensors).")
 @click.option("--trust-remote-code", is_flag=True, default=None)
 @click.option("--full-load", is_flag=True, default=None, help="Load the whole model (default: layers 0..l only).")
@@ -55,6 +56,8 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
               help="Processes to run data-parallel on this machine (launches torch.distributed.run).")
 @click.option("--fsdp", is_flag=True, default=None,
               help="Shard layers 0..l across processes with FSDP2 as they are read (each rank reads its rows only).")
+@click.option("--divergence-check/--no-divergence-check", default=None,
+              help="Stop a run whose loss explodes (over 100x the first forget loss; default on).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""

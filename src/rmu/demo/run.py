@@ -21,6 +21,7 @@ from rmu.demo.model import smollm2_path
 from rmu.engine import unlearn
 from rmu.evaluate import evaluate, perplexity
 from rmu.loading import load_model
+from rmu.outputs import writes_folder
 from rmu.tasks import load_task_file
 
 FORGET_TOPIC = "elements"
@@ -66,6 +67,7 @@ def measure(model, tokenizer, tasks: dict, general_text: list[str], settings: De
     return scores
 
 
+@writes_folder("demo", inputs=("model_dir",))
 def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: bool = True,
              settings: DemoSettings | None = None, model_dir: str | Path | None = None) -> dict:
     """Run the whole demo and write its report folder; returns the results dictionary.
