@@ -30,6 +30,25 @@ def random_control_vectors(topics: list[str], hidden_size: int, seed: int) -> di
     return vectors
 
 
+def published_control_vectors(topics: list[str], hidden_size: int, seed: int, dtype: torch.dtype,
+                              device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The published scripts' draw: after ``torch.manual_seed(seed)`` (and the CUDA seeds), per topic
+    ``torch.rand(1, 1, d)`` in the model's dtype on its device, divided by its norm in that dtype.
+
+    This reseeds torch's global generator, as the scripts do at start-up. The unit vectors are
+    returned in float32 (exact: every bfloat16/float16 value is a float32 value); the engine scales
+    them by c in the model's dtype, as the scripts do.
+    """
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    vectors = {}
+    for topic in topics:
+        draw = torch.rand(1, 1, hidden_size, dtype=dtype, device=device)
+        vectors[topic] = (draw / torch.norm(draw)).reshape(hidden_size).float().cpu()
+    return vectors
+
+
 def save_control_vectors(vectors: dict[str, torch.Tensor], path: str | Path) -> None:
     save_file({k: v.contiguous().cpu() for k, v in vectors.items()}, str(path))
 
