@@ -1,7 +1,7 @@
 """The configuration of an unlearning run: plain values, validated early, saved in run.json.
 
-Options that the reference code sets per forget topic (steering coefficient, beta, alpha, forget
-truncation length) accept one value for all topics, a list, or a comma-separated string.
+Options that may differ per forget topic (steering coefficient, beta, alpha, forget truncation
+length) accept one value for all topics, a list, or a comma-separated string.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class UnlearnConfig(BaseModel):
     vector_draw: Literal["rmu", "original"] = "rmu"  # original: torch.rand in the model's dtype after manual_seed
     adaptive_source: Literal["frozen", "updated"] = "frozen"  # updated: the authors' norm at the topic's first step
     loss_dtype: Literal["float32", "model"] = "float32"  # model: MSEs in the activations' own dtype
-    single_backward: bool = False  # one backward of forget + retain (two backwards round bf16 differently)
+    single_backward: bool = False  # one backward of forget + retain, as the scripts (default: two, less memory)
     verbose_metrics: bool = False  # per step: cosines updated/frozen and the four norms (one more frozen pass)
 
     @model_validator(mode="before")
@@ -159,6 +159,9 @@ class UnlearnConfig(BaseModel):
         if self.adaptive_source == "updated" and self.method == "adaptive" and self.adaptive_rule != "first-batch":
             raise ValueError("--adaptive-source updated belongs to the first-batch rule; drop it or use "
                              "--adaptive-rule first-batch")
+        if self.resume and self.vector_draw == "original" and self.noise > 0:
+            raise ValueError("--resume cannot continue the noise of --vector-draw original (torch's global "
+                             "generator is not saved); rerun from the start or use --vector-draw rmu")
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self

@@ -1,6 +1,6 @@
 """The unlearning engine: RMU and Adaptive RMU, computing only what the losses need.
 
-The reference code runs two full model copies through every layer and the LM head to read one
+The published scripts run two full model copies through every layer and the LM head to read one
 hidden state. Here, per batch:
 
 1. one no-grad pass of the model, with the ORIGINAL values of the trained weights swapped in
@@ -30,8 +30,8 @@ Precision and memory switches:
   transformers' removed AdamW that the published scripts step with (:mod:`rmu.optim`). They are
   not the same optimizer: the legacy one adds eps to the uncorrected sqrt(v).
 * ``single_backward``: one backward of forget + alpha * retain, as the scripts; the default two
-  backwards give the same float32 gradient with half the live activations, but round differently
-  in bfloat16.
+  backwards give the same gradient with half the live activations (the sum of the two gradient
+  contributions may be formed in another order; in the bfloat16 CPU tests it was bit-identical).
 * ``gradient_checkpointing`` keeps only each updated layer's input during the forward pass and
   recomputes the layer in backward (``torch.utils.checkpoint``, non-reentrant): the activation
   memory of layers first..l no longer grows with their count, for one extra forward of them.
@@ -228,7 +228,7 @@ class _Corpora:
     retain: list[list[list[str]]]  # topic -> batches -> documents (shared lists when one corpus)
 
     def available_steps(self) -> int:
-        # As the reference: the shortest list of batches bounds the run.
+        # As WMDP's script: the shortest list of batches bounds the run (the Adaptive script would crash).
         return min(min(len(b) for b in self.forget), min(len(b) for b in self.retain))
 
 
@@ -655,7 +655,7 @@ def _verbose_metrics(updated_forget, frozen_forget, updated_retain, frozen_retai
 
 
 def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
-    """The positions the losses and norms use: None for all (the reference), else a 0/1 mask.
+    """The positions the losses and norms use: None for all (the published scripts), else a 0/1 mask.
 
     ``mask_padding`` drops pads; ``mask_first_token`` drops each row's first real token, the
     attention sink, whose hidden state in models with massive activations (SmolLM2 from layer 11,

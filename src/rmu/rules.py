@@ -7,7 +7,8 @@ which the paper and the authors' code read differently; both readings are here, 
   beta * mean over the topic's first forget batch of the mean per-token L2 norm of the frozen
   layer-l hidden state (pads included, or excluded with mask_padding), fixed for the whole run.
   The authors take it from the model being updated at that topic's first step (after one update for
-  the second topic); we take it from the frozen model, identical for the first topic.
+  the second topic); by default we take it from the frozen model, identical for the first topic
+  (``adaptive_source: updated`` takes it as the authors do, in the engine's step).
 - ``per-sample`` (the paper's formula): every step, per forget sample,
   beta * || mean over tokens of the frozen layer-l hidden state ||, recomputed each step.
 """

@@ -32,15 +32,15 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--min-len", type=int, help="Drop documents of at most this many characters (default 0, as the published runs).")
 @click.option("--lr", type=float)
 @click.option("--batch-size", type=int)
-@click.option("--steps", type=int, help="Steps; bounded by the batches available, as in the reference.")
+@click.option("--steps", type=int, help="Steps; bounded by the batches available, as in WMDP's script.")
 @click.option("--seed", type=int)
 @click.option("--noise", type=float, help="Random noise augmentation nu of the retain target (default 0).")
 @click.option("--noise-seed", type=int)
 @click.option("--mask-padding/--no-mask-padding", default=None,
-              help="Exclude pads from losses and norms (default off, as the reference).")
+              help="Exclude pads from losses and norms (default off, as the published scripts).")
 @click.option("--mask-first-token/--no-mask-first-token", default=None,
               help="Exclude each row's first real token (the attention sink, often 100x the others' norm) "
-                   "from losses and norms (default off, as the reference).")
+                   "from losses and norms (default off, as the published scripts).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "auto"]),
               help="Model dtype (default float32; auto: the checkpoint's own). Losses and the optimizer's copies "
                    "of trained weights stay float32 unless --loss-dtype model / --no-master-weights.")
