@@ -131,8 +131,12 @@ def draw_control_vectors(model, topics, coefficients, seed):
 # ----- unlearn.py: run_rmu -----
 
 def run_rmu(updated_model, frozen_model, tokenizer, forget_data, retain_data, *, layer_id, layer_ids,
-            steering_coeffs, alpha, lr, max_num_batches, seed, param_ids=(6,)):
-    """Returns per-step (unlearn_loss, retain_loss, control vector index) and the trained tensors' names."""
+            steering_coeffs, alpha, lr, max_num_batches, seed, param_ids=(6,), nu=None):
+    """Returns per-step (unlearn_loss, retain_loss), the trained tensors' names and the control vectors.
+
+    ``nu``: llmu-robustness's RMU (random noise augmentation), which is this script plus
+    ``randn_like(frozen retain activation) * nu`` added to the retain target, without the step bound.
+    """
     tokenizer_as_loaded(tokenizer)
     updated_model = updated_model.train()
     params = params_by_position(updated_model, layer_ids, param_ids)
@@ -141,6 +145,8 @@ def run_rmu(updated_model, frozen_model, tokenizer, forget_data, retain_data, *,
     updated_module = updated_model.model.layers[layer_id]
     control_vectors = draw_control_vectors(updated_model, len(forget_data), steering_coeffs, seed)
     steps = min(max_num_batches, min(len(f) for f in forget_data), min(len(r) for r in retain_data))
+    if nu is not None:
+        steps = max_num_batches
     tokenizer.truncation_side = "right"
     losses = []
     for idx in range(steps):
@@ -155,6 +161,8 @@ def run_rmu(updated_model, frozen_model, tokenizer, forget_data, retain_data, *,
                                   max_length=512)
         updated_retain = hooked_output(updated_model, retain_inputs, updated_module, no_grad=False)
         frozen_retain = hooked_output(frozen_model, retain_inputs, frozen_module, no_grad=True)
+        if nu is not None:
+            frozen_retain = frozen_retain + torch.randn_like(frozen_retain) * nu
         retain_loss = F.mse_loss(updated_retain, frozen_retain)
         retain_loss = retain_loss * alpha[topic]
 

@@ -147,6 +147,28 @@ def test_recipe_equals_the_published_script(tmp_path, recipe, architecture, dtyp
     assert run["config"]["max_len"] == [512, 768] and run["config"]["update_layers"] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_rna_recipe_equals_the_noise_script(tmp_path, dtype):
+    """llmu-robustness's RMU: WMDP's script plus randn_like noise from torch's global generator."""
+    model, tokenizer = model_and_tokenizer("llama", dtype)
+    bio, cyber, retain = write_wmdp_corpora(tmp_path)
+    config = make_config(dict(recipe="rna", noise=0.05, model="in-memory", forget={"bio": str(bio),
+                              "cyber": str(cyber)}, retain=[str(retain)], layer=LAYER, steps=STEPS, lr=LR,
+                              device="cpu"))
+    assert config.min_len == 4  # the script passes the batch size where get_data takes min_len
+    result = unlearn(config, model=copy.deepcopy(model), tokenizer=copy.deepcopy(tokenizer), progress=False)
+    forget_data = [corpus_batches(bio, 4, 4), corpus_batches(cyber, 4, 4)]
+    retain_data = [corpus_batches(retain, 4, 4, wikitext_rows=True)] * 2
+    reference_model = copy.deepcopy(model)
+    losses, names, _ = run_rmu(reference_model, copy.deepcopy(model), copy.deepcopy(tokenizer), forget_data,
+                               retain_data, layer_id=LAYER, layer_ids=[LAYER - 2, LAYER - 1, LAYER],
+                               steering_coeffs=[6.5, 6.5], alpha=[1200.0, 1200.0], lr=LR, max_num_batches=STEPS,
+                               seed=42, nu=0.05)
+    loss_gap, update_gap = differences(model, result, reference_model, losses, names)
+    print(f"rna llama {dtype}: loss {loss_gap:.2e} update {update_gap:.2e}")
+    assert loss_gap <= TOLERANCE[dtype]["loss"] and update_gap <= TOLERANCE[dtype]["update"]
+
+
 def test_the_read_corpora_are_the_scripts(tmp_path):
     bio, cyber, retain = write_wmdp_corpora(tmp_path)
     cyber_lines = cyber.read_text().splitlines(keepends=True)
