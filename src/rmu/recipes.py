@@ -165,7 +165,8 @@ RNA = Recipe(
     required={"noise": (f"the published code runs NU in 0.0 with the grid 0.01..0.1 commented out ({R_RUN}) and "
                         "the README's command passes --nu 0.0; no single published nu was found, so give --noise")},
     notes=(f"The noise is torch.randn_like(frozen retain activation) * nu in the model's dtype from the global "
-           f"generator ({R_UNLEARN}:78-79); with vector_draw original rmu draws it the same way.",),
+           f"generator ({R_UNLEARN}:78-79); with vector_draw original rmu draws it the same way.",
+           "The script does not bound the steps by the corpus length; rmu stops at the last batch instead."),
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (WMDP_RMU, ADAPTIVE_RMU, RNA)}
@@ -191,12 +192,14 @@ def apply_recipe(values: dict[str, Any], topics: int) -> dict[str, Any]:
 
 def describe(recipe: Recipe) -> str:
     """The recipe as ``rmu recipes`` prints it: each value with its source."""
-    width = max(len(k) for k in recipe.settings)
+    width = max(len(k) for k in (*recipe.settings, *recipe.required))
+    shown = {name: _show(setting.value) for name, setting in recipe.settings.items()}
+    shown |= {name: "(required)" for name in recipe.required}
+    value_width = max(len(v) for v in shown.values() if len(v) <= 16)
+    sources = {name: s.source for name, s in recipe.settings.items()} | dict(recipe.required)
     lines = [f"{recipe.name}: {recipe.summary}"]
-    for name, setting in recipe.settings.items():
-        lines.append(f"  {name.ljust(width)}  {_show(setting.value)}    <- {setting.source}")
-    for name, why in recipe.required.items():
-        lines.append(f"  {name.ljust(width)}  (required)    <- {why}")
+    for name, value in shown.items():
+        lines.append(f"  {name.ljust(width)}  {value.ljust(value_width)}  <- {sources[name]}")
     lines.append("  update_layers follow --layer: l-2, l-1, l")
     lines.extend(f"  note: {note}" for note in recipe.notes)
     return "\n".join(lines)
