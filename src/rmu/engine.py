@@ -624,7 +624,8 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
         "topic": topic,
         "forget_loss": forget_loss.item(),
         "retain_loss": retain_loss.item(),
-        "coeff": batch_mean(coeff),
+        # a fixed coefficient exactly (a resumed run takes an Adaptive one taken during the run from here)
+        "coeff": coefficients[topic] if coefficients[topic] is not None else batch_mean(coeff),
         "forget_norm": batch_mean(rules.mean_token_norm(updated_forget.detach(), real)),
         "frozen_forget_norm": batch_mean(rules.mean_token_norm(frozen_forget.output, real)),
     }
