@@ -1,7 +1,7 @@
 """The configuration of an unlearning run: plain values, validated early, saved in run.json.
 
-Options that the reference code sets per forget topic (steering coefficient, beta, alpha, forget
-truncation length) accept one value for all topics, a list, or a comma-separated string.
+Options that may differ per forget topic (steering coefficient, beta, alpha, forget truncation
+length) accept one value for all topics, a list, or a comma-separated string.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rmu.errors import RmuError
 
 Method = Literal["rmu", "adaptive"]
 AdaptiveRule = Literal["first-batch", "per-sample"]
-DType = Literal["float32", "bfloat16", "float16"]
+DType = Literal["float32", "bfloat16", "float16", "auto"]  # auto: the checkpoint's own dtype
 
 PER_TOPIC_FIELDS = ("steering_coeff", "beta", "alpha", "max_len")
 MAX_TOKENS = 2**31 - 1  # truncation lengths beyond this overflow the tokenizers' integers
@@ -38,7 +38,11 @@ def _split_list(value: Any) -> Any:
 
 
 class UnlearnConfig(BaseModel):
-    """Everything that determines an RMU / Adaptive RMU run. Defaults follow the reference code."""
+    """Everything that determines an RMU / Adaptive RMU run.
+
+    Defaults are rmu's (see the README's "Differences from the published code"); ``recipe``
+    sets the values of a published run instead.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -55,7 +59,7 @@ class UnlearnConfig(BaseModel):
     alpha: list[float] | float = 1200.0
     max_len: list[int] | int = 512
     retain_max_len: int = 512
-    min_len: int = 50  # documents of at most this many characters are dropped, as in the reference
+    min_len: int = 0  # documents of at most this many characters are dropped (the published runs pass 0)
     lr: float = 5e-5
     batch_size: int = 4
     steps: int = 150
@@ -77,6 +81,32 @@ class UnlearnConfig(BaseModel):
     fsdp: bool = False  # shard layers 0..l across ranks with FSDP2 as they are read (under torchrun)
     # Run folders (issue #10): stop a run whose losses explode though finite (rmu.divergence).
     divergence_check: bool = True
+
+    # --- Recipes and the published code's switches (issue #13; see rmu.recipes and the README's
+    # "Differences from the published code"). Each switch works on its own; a recipe sets them all.
+    recipe: str | None = None  # wmdp-rmu | adaptive-rmu | rna: fills every option not given
+    optimizer: Literal["adamw", "adamw-legacy"] = "adamw"  # adamw-legacy: transformers' removed AdamW
+    master_weights: bool = True  # half precision: step float32 copies of the trained tensors
+    train_mode: bool = False  # run the updated layers in train() mode (dropout), as the originals
+    corpus_reading: Literal["rmu", "original"] = "rmu"  # original: WMDP get_data's reading (name rule, raw lines)
+    pad_eos: bool = False  # force pad = EOS even when the tokenizer has its own pad token
+    slow_tokenizer: bool = False  # load the slow (Python) tokenizer, use_fast=False
+    vector_draw: Literal["rmu", "original"] = "rmu"  # original: torch.rand in the model's dtype after manual_seed
+    adaptive_source: Literal["frozen", "updated"] = "frozen"  # updated: the authors' norm at the topic's first step
+    loss_dtype: Literal["float32", "model"] = "float32"  # model: MSEs in the activations' own dtype
+    single_backward: bool = False  # one backward of forget + retain, as the scripts (default: two, less memory)
+    verbose_metrics: bool = False  # per step: cosines updated/frozen and the four norms (one more frozen pass)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or not values.get("recipe"):
+            return values
+        from rmu.recipes import apply_recipe
+
+        forget = values.get("forget")
+        topics = len(forget) if isinstance(forget, (dict, list, tuple)) else 1
+        return apply_recipe(values, topics)
 
     @field_validator("forget", mode="before")
     @classmethod
@@ -157,6 +187,12 @@ class UnlearnConfig(BaseModel):
         if self.noise < 0 or self.save_every < 0:
             raise ValueError("--noise and --save-every must be 0 or more")
         self._check_ranges()
+        if self.adaptive_source == "updated" and self.method == "adaptive" and self.adaptive_rule != "first-batch":
+            raise ValueError("--adaptive-source updated belongs to the first-batch rule; drop it or use "
+                             "--adaptive-rule first-batch")
+        if self.resume and self.vector_draw == "original" and self.noise > 0:
+            raise ValueError("--resume cannot continue the noise of --vector-draw original (torch's global "
+                             "generator is not saved); rerun from the start or use --vector-draw rmu")
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self

@@ -3,12 +3,19 @@
 A corpus is a list of documents read from JSON lines (a "text" field), plain text (one document per
 line), CSV or parquet (a "text" column), or a Hugging Face dataset (``hf:NAME[:CONFIG][:SPLIT]``,
 online only). Documents are grouped into consecutive batches and tokenised once, with left padding
-and pad = EOS, as the reference code does.
+and right truncation as the published code does (pad = EOS when the tokenizer has no pad token;
+``force_eos_pad`` always, as the published code).
 
 Files are read as UTF-8 (a byte-order mark is allowed). Whatever a file holds, reading it either
 gives documents or raises :class:`DataError` naming the file (and the line, where there is one):
 a "text" that is null or not a string is refused, never trained on as the string "None"; an empty
 CSV or parquet cell is an empty document and is dropped like an empty line of a text file.
+
+``read_corpus_as_published`` reads a corpus the way WMDP's ``get_data`` does (``corpus_reading:
+original``): a forget file's "text" field only when its name contains ``bio-forget-corpus``, every
+other forget file as raw lines (JSON syntax and newline included); retain rows by their text,
+as they are (wikitext's headings, short and empty rows included); a document is kept when
+``len(text) > min_len``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,26 @@ def read_corpus(source: str, min_len: int = 0) -> list[str]:
             f"corpus {source} has no document longer than {min_len} characters"
             + (" (lower --min-len)" if documents else " (it is empty)")
         )
+    return kept
+
+
+def read_corpus_as_published(source: str, min_len: int, forget: bool) -> list[str]:
+    """Documents as WMDP's ``get_data`` reads them (see the module doc); ``len(text) > min_len`` kept."""
+    path = Path(source)
+    if source.startswith("hf:"):
+        rows = _read_hub_dataset(source)
+    elif not path.is_file():
+        raise DataError(f"corpus file {source} does not exist")
+    elif forget and "bio-forget-corpus" not in path.name:
+        # Raw lines, newline included, with universal newlines as open() reads them.
+        rows = list(io.StringIO(read_text(path), newline=None))
+    elif path.suffix.lower() == ".jsonl":
+        rows = _read_json_lines(path)
+    else:
+        rows = read_corpus(source, min_len=-1)  # other formats: their rows as the usual reader finds them
+    kept = [str(text) for text in rows if len(text) > min_len]
+    if not kept:
+        raise DataError(f"corpus {source} has no document longer than {min_len} characters")
     return kept
 
 
@@ -173,8 +200,12 @@ class TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device))
 
 
-def prepare_tokenizer(tokenizer):
-    """Reference conventions: pad = EOS when there is no pad token, left padding, right truncation."""
+def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
+    """Left padding, right truncation; pad = EOS when there is no pad token, or always with ``force_eos_pad``."""
+    if force_eos_pad:
+        if tokenizer.eos_token is None:
+            raise DataError("pad_eos needs a tokenizer with an EOS token; this one has none")
+        tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise DataError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")

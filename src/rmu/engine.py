@@ -1,6 +1,6 @@
 """The unlearning engine: RMU and Adaptive RMU, computing only what the losses need.
 
-The reference code runs two full model copies through every layer and the LM head to read one
+The published scripts run two full model copies through every layer and the LM head to read one
 hidden state. Here, per batch:
 
 1. one no-grad pass of the model, with the ORIGINAL values of the trained weights swapped in
@@ -11,17 +11,27 @@ hidden state. Here, per batch:
 2. the updated layers (first updated .. l) run again with gradients, from that shared prefix.
 
 So the model is held once, plus a copy of only the trained tensors; nothing above layer l runs;
-only the trained tensors get gradients. The arithmetic is the reference's (tests/reference_rmu.py
-checks it step by step).
+only the trained tensors get gradients. The losses are those of a plain two-model implementation
+(tests/reference_rmu.py checks them step by step); the published scripts' own arithmetic
+(optimizer, precision, data reading) is reached with the switches below or a recipe, and
+tests/test_recipes.py checks it against transcriptions of those scripts.
 
 Precision and memory switches:
 
-* ``dtype`` (float32, bfloat16, float16) is the dtype the model is loaded and run in. Losses are
-  always accumulated in float32 (``masked_mse``). In half precision the optimizer steps float32
-  master copies of the trained tensors (AdamW moments in float32 too) and copies them back into
-  the model after each step: at lr 5e-5 most updates are below bfloat16's rounding step (2^-8
-  relative) and would be lost if AdamW stepped the half-precision tensors directly. float16 has
-  no loss scaling here, so small gradients may underflow: prefer bfloat16.
+* ``dtype`` (float32, bfloat16, float16, or auto: the checkpoint's own) is the dtype the model is
+  loaded and run in. Losses are accumulated in float32 (``masked_mse``) unless ``loss_dtype:
+  model``. In half precision the optimizer steps float32 master copies of the trained tensors
+  (its moments in float32 too) and copies them back into the model after each step: at lr 5e-5
+  most updates are below bfloat16's rounding step (2^-8 relative) and would be lost if the
+  optimizer stepped the half-precision tensors directly (``master_weights: false`` does that, as
+  the published scripts). float16 has no loss scaling here, so small gradients may underflow:
+  prefer bfloat16.
+* ``optimizer``: ``adamw`` is torch.optim.AdamW (eps 1e-6, no weight decay); ``adamw-legacy`` is
+  transformers' removed AdamW that the published scripts step with (:mod:`rmu.optim`). They are
+  not the same optimizer: the legacy one adds eps to the uncorrected sqrt(v).
+* ``single_backward``: one backward of forget + alpha * retain, as the scripts; the default two
+  backwards give the same gradient with half the live activations (the sum of the two gradient
+  contributions may be formed in another order; in the bfloat16 CPU tests it was bit-identical).
 * ``gradient_checkpointing`` keeps only each updated layer's input during the forward pass and
   recomputes the layer in backward (``torch.utils.checkpoint``, non-reentrant): the activation
   memory of layers first..l no longer grows with their count, for one extra forward of them.
@@ -45,8 +55,10 @@ from tqdm.auto import tqdm
 
 from rmu import checkpoint, distributed, divergence, rules
 from rmu.config import UnlearnConfig
-from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
+from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
+                      tokenize)
 from rmu.errors import RmuError
+from rmu.optim import make_optimizer
 from rmu.structure import ModelStructure, find_structure, layer_hidden, select_parameters
 
 
@@ -113,7 +125,7 @@ class LayerRunner:
                 self.decoder_layers[self.first + offset] = layer
 
     def frozen(self, batch: TokenBatch) -> FrozenPass:
-        with self._frozen_layers_in_place() as (layers, weights):
+        with self._frozen_layers_in_place() as (layers, weights), _eval_mode(self.stack):
             return self._frozen_pass(batch, layers, weights)
 
     def _frozen_pass(self, batch: TokenBatch, layers: list[nn.Module], weights: dict) -> FrozenPass:
@@ -153,9 +165,28 @@ class LayerRunner:
         return self.updated_module(frozen.hidden_in, frozen.calls)
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over batch x tokens x hidden (float32); over real tokens only with a mask."""
-    prediction, target = prediction.float(), target.float().expand_as(prediction)
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """The frozen model never trains: its pass runs in eval mode even when the updated layers train."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+               in_model_dtype: bool = False) -> torch.Tensor:
+    """Mean squared error over batch x tokens x hidden; over real tokens only with a mask.
+
+    In float32, or in the prediction's own dtype with ``in_model_dtype`` (the published scripts).
+    """
+    if in_model_dtype:
+        target = target.to(prediction.dtype).expand_as(prediction)
+    else:
+        prediction, target = prediction.float(), target.float().expand_as(prediction)
     if mask is None:
         return F.mse_loss(prediction, target)
     weights = mask.to(prediction.dtype).unsqueeze(-1)
@@ -198,7 +229,7 @@ class _Corpora:
     retain: list[list[list[str]]]  # topic -> batches -> documents (shared lists when one corpus)
 
     def available_steps(self) -> int:
-        # As the reference: the shortest list of batches bounds the run.
+        # As WMDP's script: the shortest list of batches bounds the run (the Adaptive script would crash).
         return min(min(len(b) for b in self.forget), min(len(b) for b in self.retain))
 
 
@@ -206,12 +237,44 @@ def _read_corpora(config: UnlearnConfig) -> _Corpora:
     retain_cache: dict[str, list[list[str]]] = {}
     forget, retain = [], []
     for index, topic in enumerate(config.topics):
-        forget.append(consecutive_batches(read_corpus(config.forget[topic], config.min_len), config.batch_size))
+        forget.append(consecutive_batches(_read(config, config.forget[topic], forget=True), config.batch_size))
         source = config.retain_for(index)
         if source not in retain_cache:
-            retain_cache[source] = consecutive_batches(read_corpus(source, config.min_len), config.batch_size)
+            retain_cache[source] = consecutive_batches(_read(config, source, forget=False), config.batch_size)
         retain.append(retain_cache[source])
     return _Corpora(forget, retain)
+
+
+def _read(config: UnlearnConfig, source: str, forget: bool) -> list[str]:
+    if config.corpus_reading == "original":
+        return read_corpus_as_published(source, config.min_len, forget)
+    return read_corpus(source, config.min_len)
+
+
+def load_dtype(config: UnlearnConfig) -> torch.dtype:
+    """The dtype to load the model in: the configured one, or with ``auto`` the checkpoint's own."""
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    from transformers import AutoConfig
+
+    from rmu.loading import resolve_checkpoint
+
+    model_config = AutoConfig.from_pretrained(resolve_checkpoint(config.model),
+                                              trust_remote_code=config.trust_remote_code)
+    dtype = getattr(model_config.get_text_config(), "dtype", None) or getattr(model_config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def _slow_tokenizer(config: UnlearnConfig):
+    """The checkpoint's slow (Python) tokenizer, as the published scripts load it (use_fast=False)."""
+    from transformers import AutoTokenizer
+
+    from rmu.loading import resolve_checkpoint
+
+    return AutoTokenizer.from_pretrained(resolve_checkpoint(config.model), use_fast=False,
+                                         trust_remote_code=config.trust_remote_code)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -225,7 +288,7 @@ def _load(config: UnlearnConfig, device: torch.device):
     from rmu.loading import load_model
 
     return load_model(
-        config.model, upto_layer=None if config.full_load else config.layer, dtype=getattr(torch, config.dtype),
+        config.model, upto_layer=None if config.full_load else config.layer, dtype=load_dtype(config),
         device=device, trust_remote_code=config.trust_remote_code,
     )
 
@@ -248,15 +311,15 @@ def _freeze_all_but(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[
 
 
 class TrainedTensors:
-    """The trained tensors in the model and the float32 copies the optimizer steps.
+    """The trained tensors in the model and the tensors the optimizer steps.
 
-    For a float32 model the copies are the model's own parameters; in half precision they are
-    float32 master copies (see the module docstring for why).
+    For a float32 model, or with ``master_weights`` off, the optimizer steps the model's own
+    parameters; in half precision it steps float32 master copies (see the module docstring for why).
     """
 
-    def __init__(self, in_model: dict[str, nn.Parameter]):
+    def __init__(self, in_model: dict[str, nn.Parameter], master_weights: bool = True):
         self.in_model = in_model
-        self.has_master = any(p.dtype != torch.float32 for p in in_model.values())
+        self.has_master = master_weights and any(p.dtype != torch.float32 for p in in_model.values())
         self.master = (
             {n: nn.Parameter(p.detach().float()) for n, p in in_model.items()} if self.has_master else in_model
         )
@@ -275,11 +338,6 @@ class TrainedTensors:
             with torch.no_grad():
                 for name, parameter in self.in_model.items():
                     parameter.copy_(self.master[name])
-
-
-def _make_optimizer(parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    # The reference used transformers' old AdamW defaults: no weight decay, eps 1e-6.
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0, eps=1e-6)
 
 
 def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=None,
@@ -311,14 +369,16 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
         _check_layer_before_loading(config)
         if config.fsdp and not config.full_load:
             model, tokenizer, frozen_copy = distributed.load_sharded(
-                config.model, config.layer, config.update_layers[0], ranks, getattr(torch, config.dtype),
+                config.model, config.layer, config.update_layers[0], ranks, load_dtype(config),
                 config.trust_remote_code)
         else:
             model, tokenizer = _load(config, device)
+    if loaded_from_source and config.slow_tokenizer:
+        tokenizer = _slow_tokenizer(config)
     if tokenizer is None:
         raise UnlearnError("pass the tokenizer together with the model")
-    prepare_tokenizer(tokenizer)
-    model.eval()  # the reference never enables dropout
+    prepare_tokenizer(tokenizer, force_eos_pad=config.pad_eos)
+    model.eval()  # the frozen pass never uses dropout; train_mode switches the updated layers below
     structure = find_structure(model)
     if config.layer >= structure.num_layers:
         raise UnlearnError(
@@ -330,29 +390,32 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
     runner = LayerRunner(model, structure, config.update_layers[0], config.layer, original,
                          config.gradient_checkpointing)
     runner.distribute(ranks, config.fsdp, frozen_copy)
+    if config.train_mode:
+        runner.updated_module.train()  # as the published scripts' updated_model.train()
     parameters = dict(model.named_parameters())  # FSDP replaced the trained parameters by shards
-    tensors = TrainedTensors({name: parameters[name] for name in trained})
+    tensors = TrainedTensors({name: parameters[name] for name in trained}, config.master_weights)
+    model_dtype = next(iter(tensors.in_model.values())).dtype
 
     topics = config.topics
-    if config.control_vectors:
-        vectors = rules.load_control_vectors(config.control_vectors, topics, structure.hidden_size)
-    else:
-        vectors = rules.random_control_vectors(topics, structure.hidden_size, config.seed)
+    vectors = _control_vectors(config, topics, structure.hidden_size, model_dtype, device)
     steps = min(config.steps, corpora.available_steps())
     batches = _tokenize_needed(corpora, tokenizer, config, steps)
     coefficients = _fixed_coefficients(config, runner, batches, device)
 
-    optimizer = _make_optimizer(list(tensors.master.values()), config.lr)
+    optimizer = make_optimizer(config.optimizer, list(tensors.master.values()), config.lr)
     noise = torch.Generator().manual_seed(config.noise_seed if config.noise_seed is not None else config.seed)
     records: list[dict] = []
     start = 0
     if plan.resuming:
         start, records = plan.load_state(tensors.master, optimizer, noise)
         tensors.master_to_model()
+        _coefficients_from_records(config, coefficients, records)
     if ranks.is_main:
         plan.begin(vectors)
 
-    targets = {t: vectors[t].to(device, torch.float32) for t in topics}
+    # The published draw scales u by c in the model's dtype; rmu's in float32.
+    target_dtype = model_dtype if config.vector_draw == "original" else torch.float32
+    targets = {t: vectors[t].to(device, target_dtype) for t in topics}
     bar = tqdm(range(start, steps), total=steps, initial=start, desc="unlearning", disable=not progress)
     try:
         for step in bar:
@@ -406,13 +469,28 @@ def _tokenize_needed(corpora: _Corpora, tokenizer, config: UnlearnConfig, steps:
     return batches
 
 
+def _control_vectors(config: UnlearnConfig, topics: list[str], hidden_size: int, dtype: torch.dtype,
+                     device: torch.device) -> dict[str, torch.Tensor]:
+    if config.control_vectors:
+        return rules.load_control_vectors(config.control_vectors, topics, hidden_size)
+    if config.vector_draw == "original":
+        return rules.published_control_vectors(topics, hidden_size, config.seed, dtype, device)
+    return rules.random_control_vectors(topics, hidden_size, config.seed)
+
+
+def _coefficient_from_updated(config: UnlearnConfig) -> bool:
+    """Adaptive RMU as the authors' code: the coefficient comes from the updated model at step t."""
+    return config.method == "adaptive" and config.adaptive_rule == "first-batch" and config.adaptive_source == "updated"
+
+
 def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, device) -> dict[str, float | None]:
-    """Per topic: c for RMU, the first-batch coefficient for Adaptive RMU, None for per-sample."""
+    """Per topic: c for RMU, the first-batch coefficient for Adaptive RMU; None for per-sample and
+    for coefficients taken from the updated model during the run."""
     coefficients: dict[str, float | None] = {}
     for index, topic in enumerate(config.topics):
         if config.method == "rmu":
             coefficients[topic] = float(config.steering_coeff[index])
-        elif config.adaptive_rule == "per-sample" or not batches[index]:
+        elif config.adaptive_rule == "per-sample" or _coefficient_from_updated(config) or not batches[index]:
             coefficients[topic] = None
         else:
             forget_batch = batches[index][0][0].to(device)
@@ -420,6 +498,49 @@ def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, dev
             mask = loss_mask(forget_batch, config)
             coefficients[topic] = rules.first_batch_coefficient(config.beta[index], frozen.output, mask)
     return coefficients
+
+
+def _coefficients_from_records(config: UnlearnConfig, coefficients: dict, records: list[dict]) -> None:
+    """On resume: a coefficient taken from the updated model at step t is in step t's record."""
+    if _coefficient_from_updated(config):
+        for index, topic in enumerate(config.topics):
+            if index < len(records):
+                coefficients[topic] = records[index]["coeff"]
+
+
+def _updated_coefficient(config: UnlearnConfig, ranks: distributed.Ranks, topic_index: int,
+                         updated_forget: torch.Tensor, mask: torch.Tensor | None, rows: int) -> float:
+    """beta * batch mean of the token-mean per-token norm of the updated output, in the output's dtype
+    as the authors compute it (their coefficient at the topic's first step)."""
+    hidden = updated_forget.detach()
+    per_row = hidden.norm(dim=-1).mean(dim=1) if mask is None else rules.mean_token_norm(hidden, mask)
+    if ranks.distributed:
+        value = float(ranks.sum(per_row.float().sum())) / rows
+    else:
+        value = per_row.mean(dim=0).item()
+    return value * config.beta[topic_index]
+
+
+def _forget_target(config: UnlearnConfig, coeff: torch.Tensor, scalar: float | None, u: torch.Tensor) -> torch.Tensor:
+    """c * u per row. With the published draw, a single coefficient multiplies u in u's (model) dtype
+    as a Python number, as the scripts' ``control_vec * coeff``."""
+    if config.vector_draw == "original" and scalar is not None:
+        return u * scalar
+    return coeff.to(u.device, u.dtype)[:, None, None] * u
+
+
+def _retain_target(config: UnlearnConfig, frozen: torch.Tensor, noise: torch.Generator, rows: int,
+                   share: slice) -> torch.Tensor:
+    """The frozen retain output, plus nu * N(0, I) with random noise augmentation."""
+    if config.noise <= 0:
+        return frozen
+    shape = (rows, *frozen.shape[1:])  # the whole batch's noise on every rank, then this rank's rows
+    if config.vector_draw == "original":
+        # as llmu-robustness: randn_like from torch's global generator, in the activations' dtype and device
+        sample = torch.randn(shape, dtype=frozen.dtype, device=frozen.device)[share]
+        return frozen + sample * config.noise
+    sample = torch.randn(shape, generator=noise, dtype=torch.float32)[share]
+    return frozen.float() + config.noise * sample.to(frozen.device)
 
 
 def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, optimizer, noise: torch.Generator,
@@ -442,56 +563,96 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
     retain_mask = None if retain_mask is None else retain_mask[retain_share.rows]
     frozen_forget = runner.frozen(forget)
     frozen_retain = runner.frozen(retain)
+    retain_target = _retain_target(config, frozen_retain.output, noise, retain_rows, retain_share.rows)
+    in_model_dtype = config.loss_dtype == "model"
+    alpha = config.alpha[topic_index]
 
-    if coefficients[topic] is None:  # Adaptive RMU, per-sample rule
-        coeff = rules.per_sample_coefficients(config.beta[topic_index], frozen_forget.output, forget_mask)
-    else:
-        coeff = torch.full((forget.input_ids.shape[0],), coefficients[topic], device=u.device)
-    forget_target = coeff.to(u.device)[:, None, None] * u
-
-    retain_target = frozen_retain.output.float()
-    if config.noise > 0:
-        # The whole batch's noise on every rank (same generator state), then this rank's rows.
-        shape = (retain_rows, *retain_target.shape[1:])
-        sample = torch.randn(shape, generator=noise, dtype=torch.float32)[retain_share.rows]
-        retain_target = retain_target + config.noise * sample.to(retain_target.device)
+    def forget_error_of(updated_forget: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if coefficients[topic] is None and _coefficient_from_updated(config):
+            coefficients[topic] = _updated_coefficient(config, ranks, topic_index, updated_forget, forget_mask,
+                                                       forget_rows)
+        scalar = coefficients[topic]
+        if scalar is None:  # Adaptive RMU, per-sample rule
+            coeff = rules.per_sample_coefficients(config.beta[topic_index], frozen_forget.output, forget_mask)
+        else:
+            coeff = torch.full((forget.input_ids.shape[0],), scalar, device=u.device)
+        target = _forget_target(config, coeff, scalar, u)
+        return masked_mse(updated_forget, target, forget_mask, in_model_dtype), coeff
 
     tensors.zero_grad()
-    # Two backward passes (forget, then retain) sum the same gradient with half the live activations;
-    # gradients are averaged across ranks once, in the second.
     gradient_scale = ranks.world_size  # DDP / FSDP divide the summed gradients by the world size
-    with distributed.without_gradient_sync(runner.updated_module):
+    if config.single_backward:
+        # One backward of forget + alpha * retain, as the published scripts (both graphs held at once).
         updated_forget = runner.updated(frozen_forget)
-        forget_error = masked_mse(updated_forget, forget_target, forget_mask)
+        forget_error, coeff = forget_error_of(updated_forget)
         forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
         _check_finite(forget_loss, "forget", step, topic)
-        (forget_error * (forget_share.weight * gradient_scale)).backward()
-    updated_retain = runner.updated(frozen_retain)
-    retain_error = config.alpha[topic_index] * masked_mse(updated_retain, retain_target, retain_mask)
-    retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
-    _check_finite(retain_loss, "retain", step, topic)
-    (retain_error * (retain_share.weight * gradient_scale)).backward()
+        updated_retain = runner.updated(frozen_retain)
+        retain_error = alpha * masked_mse(updated_retain, retain_target, retain_mask, in_model_dtype)
+        retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
+        _check_finite(retain_loss, "retain", step, topic)
+        (forget_error * (forget_share.weight * gradient_scale)
+         + retain_error * (retain_share.weight * gradient_scale)).backward()
+    else:
+        # Two backward passes (forget, then retain) sum the same gradient with half the live activations;
+        # gradients are averaged across ranks once, in the second.
+        with distributed.without_gradient_sync(runner.updated_module):
+            updated_forget = runner.updated(frozen_forget)
+            forget_error, coeff = forget_error_of(updated_forget)
+            forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
+            _check_finite(forget_loss, "forget", step, topic)
+            (forget_error * (forget_share.weight * gradient_scale)).backward()
+        updated_retain = runner.updated(frozen_retain)
+        retain_error = alpha * masked_mse(updated_retain, retain_target, retain_mask, in_model_dtype)
+        retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
+        _check_finite(retain_loss, "retain", step, topic)
+        (retain_error * (retain_share.weight * gradient_scale)).backward()
     tensors.gradients_to_master()
     optimizer.step()
     tensors.master_to_model()
 
-    def batch_mean(per_row: torch.Tensor) -> float:
-        return float(ranks.sum(per_row[: forget_share.count].float().sum()) / forget_rows)
+    def batch_mean(per_row: torch.Tensor, share=forget_share, rows=forget_rows) -> float:
+        return float(ranks.sum(per_row[: share.count].float().sum()) / rows)
 
     real = forget.attention_mask if forget_mask is None else forget_mask  # logged norms: over what the losses see
-    return {
+    record = {
         "step": step,
         "topic": topic,
         "forget_loss": forget_loss.item(),
         "retain_loss": retain_loss.item(),
-        "coeff": batch_mean(coeff),
+        # a fixed coefficient exactly (a resumed run takes an Adaptive one taken during the run from here)
+        "coeff": coefficients[topic] if coefficients[topic] is not None else batch_mean(coeff),
         "forget_norm": batch_mean(rules.mean_token_norm(updated_forget.detach(), real)),
         "frozen_forget_norm": batch_mean(rules.mean_token_norm(frozen_forget.output, real)),
+    }
+    if config.verbose_metrics:
+        record |= _verbose_metrics(updated_forget.detach(), frozen_forget.output, updated_retain.detach(),
+                                   frozen_retain.output, lambda v: batch_mean(v),
+                                   lambda v: batch_mean(v, retain_share, retain_rows))
+    return record
+
+
+def _verbose_metrics(updated_forget, frozen_forget, updated_retain, frozen_retain, forget_mean, retain_mean) -> dict:
+    """The published scripts' --verbose log: cosine(updated, frozen) per token, averaged, and the batch
+    mean of the token-mean norm of the four activations; all positions, pads included, as theirs."""
+    def cosine(a, b):
+        return F.cosine_similarity(a.float(), b.float(), dim=-1).mean(dim=1)
+
+    def norm(h):
+        return h.float().norm(dim=-1).mean(dim=1)
+
+    return {
+        "verbose_forget_cosine": forget_mean(cosine(updated_forget, frozen_forget)),
+        "verbose_retain_cosine": retain_mean(cosine(updated_retain, frozen_retain)),
+        "verbose_updated_forget_norm": forget_mean(norm(updated_forget)),
+        "verbose_frozen_forget_norm": forget_mean(norm(frozen_forget)),
+        "verbose_updated_retain_norm": retain_mean(norm(updated_retain)),
+        "verbose_frozen_retain_norm": retain_mean(norm(frozen_retain)),
     }
 
 
 def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
-    """The positions the losses and norms use: None for all (the reference), else a 0/1 mask.
+    """The positions the losses and norms use: None for all (the published scripts), else a 0/1 mask.
 
     ``mask_padding`` drops pads; ``mask_first_token`` drops each row's first real token, the
     attention sink, whose hidden state in models with massive activations (SmolLM2 from layer 11,

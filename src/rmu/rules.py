@@ -7,7 +7,8 @@ which the paper and the authors' code read differently; both readings are here, 
   beta * mean over the topic's first forget batch of the mean per-token L2 norm of the frozen
   layer-l hidden state (pads included, or excluded with mask_padding), fixed for the whole run.
   The authors take it from the model being updated at that topic's first step (after one update for
-  the second topic); we take it from the frozen model, identical for the first topic.
+  the second topic); by default we take it from the frozen model, identical for the first topic
+  (``adaptive_source: updated`` takes it as the authors do, in the engine's step).
 - ``per-sample`` (the paper's formula): every step, per forget sample,
   beta * || mean over tokens of the frozen layer-l hidden state ||, recomputed each step.
 """
@@ -30,6 +31,25 @@ def random_control_vectors(topics: list[str], hidden_size: int, seed: int) -> di
     for topic in topics:
         vector = torch.rand(hidden_size, generator=generator, dtype=torch.float32)
         vectors[topic] = vector / vector.norm()
+    return vectors
+
+
+def published_control_vectors(topics: list[str], hidden_size: int, seed: int, dtype: torch.dtype,
+                              device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The published scripts' draw: after ``torch.manual_seed(seed)`` (and the CUDA seeds), per topic
+    ``torch.rand(1, 1, d)`` in the model's dtype on its device, divided by its norm in that dtype.
+
+    This reseeds torch's global generator, as the scripts do at start-up. The unit vectors are
+    returned in float32 (exact: every bfloat16/float16 value is a float32 value); the engine scales
+    them by c in the model's dtype, as the scripts do.
+    """
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    vectors = {}
+    for topic in topics:
+        draw = torch.rand(1, 1, hidden_size, dtype=dtype, device=device)
+        vectors[topic] = (draw / torch.norm(draw)).reshape(hidden_size).float().cpu()
     return vectors
 
 

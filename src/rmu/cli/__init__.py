@@ -25,6 +25,7 @@ _COMMANDS = {
     "analyze": "analyze",
     "report": "report",
     "attack": "attack",
+    "recipes": "recipes",
 }
 
 

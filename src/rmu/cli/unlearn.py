@@ -13,6 +13,8 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 
 @click.command("unlearn")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
+@click.option("--recipe", help="Every value of a published run: wmdp-rmu, adaptive-rmu or rna (list: rmu recipes); "
+                                "options given here or in --config override it.")
 @click.option("--model", help="Local checkpoint folder or Hugging Face hub id.")
 @click.option("--forget", multiple=True, metavar="NAME=FILE", help="Forget corpus of a topic (repeat per topic).")
 @click.option("--retain", multiple=True, metavar="FILE", help="Retain corpus: once for all topics, or once per topic.")
@@ -27,20 +29,43 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--alpha", help=f"Retain loss weight: {PER_TOPIC}.")
 @click.option("--max-len", help=f"Forget truncation in tokens: {PER_TOPIC}.")
 @click.option("--retain-max-len", type=int, help="Retain truncation in tokens (default 512).")
-@click.option("--min-len", type=int, help="Drop documents of at most this many characters (default 50).")
+@click.option("--min-len", type=int, help="Drop documents of at most this many characters (default 0, as the published runs).")
 @click.option("--lr", type=float)
 @click.option("--batch-size", type=int)
-@click.option("--steps", type=int, help="Steps; bounded by the batches available, as in the reference.")
+@click.option("--steps", type=int, help="Steps; bounded by the batches available, as in WMDP's script.")
 @click.option("--seed", type=int)
 @click.option("--noise", type=float, help="Random noise augmentation nu of the retain target (default 0).")
 @click.option("--noise-seed", type=int)
 @click.option("--mask-padding/--no-mask-padding", default=None,
-              help="Exclude pads from losses and norms (default off, as the reference).")
+              help="Exclude pads from losses and norms (default off, as the published scripts).")
 @click.option("--mask-first-token/--no-mask-first-token", default=None,
               help="Exclude each row's first real token (the attention sink, often 100x the others' norm) "
-                   "from losses and norms (default off, as the reference).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="Model dtype (default float32); losses and the optimizer's copies of trained weights stay float32.")
+                   "from losses and norms (default off, as the published scripts).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "auto"]),
+              help="Model dtype (default float32; auto: the checkpoint's own). Losses and the optimizer's copies "
+                   "of trained weights stay float32 unless --loss-dtype model / --no-master-weights.")
+@click.option("--optimizer", type=click.Choice(["adamw", "adamw-legacy"]),
+              help="adamw (torch, default) or adamw-legacy (transformers' removed AdamW the published scripts use).")
+@click.option("--master-weights/--no-master-weights", default=None,
+              help="In half precision, step float32 copies of the trained weights (default on; the scripts: off).")
+@click.option("--train-mode/--no-train-mode", default=None,
+              help="Run the updated layers in train() mode, dropout on (default off; the scripts: on).")
+@click.option("--corpus-reading", type=click.Choice(["rmu", "original"]),
+              help="original: WMDP get_data's reading ('text' only for *bio-forget-corpus*, other forget files as "
+                   "raw lines, retain rows as they are).")
+@click.option("--pad-eos/--no-pad-eos", default=None, help="Force pad = EOS (default: only when there is no pad token).")
+@click.option("--slow-tokenizer/--no-slow-tokenizer", default=None, help="Load the slow tokenizer (use_fast=False).")
+@click.option("--vector-draw", type=click.Choice(["rmu", "original"]),
+              help="original: torch.rand in the model's dtype on its device after manual_seed(seed), scaled in that "
+                   "dtype (default rmu: a float32 CPU generator).")
+@click.option("--adaptive-source", type=click.Choice(["frozen", "updated"]),
+              help="Adaptive first-batch coefficient from the frozen model before training (default) or the updated "
+                   "model at the topic's first step (the authors' code).")
+@click.option("--loss-dtype", type=click.Choice(["float32", "model"]), help="Compute the MSEs in float32 (default) or the model's dtype.")
+@click.option("--single-backward/--no-single-backward", default=None,
+              help="One backward of forget + retain (the scripts) instead of two (default, less memory).")
+@click.option("--verbose-metrics", is_flag=True, default=None,
+              help="Record per step the cosines updated/frozen (forget, retain) and the four activation norms.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... or auto (default).")
 @click.option("--output", type=click.Path(file_okay=False), help="Folder for the checkpoint, run.json and control vectors.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a run rmu wrote in --output (never another folder).")
