@@ -65,9 +65,9 @@ def input_paths(*values: Any) -> list[Path]:
             found += input_paths(*value)
         elif isinstance(value, (str, os.PathLike)):
             text = os.fspath(value)
-            if "=" in text and not Path(text).exists():  # NAME=PATH
-                text = text.split("=", 1)[1]
             try:
+                if "=" in text and not Path(text).exists():  # NAME=PATH
+                    text = text.split("=", 1)[1]
                 if text and Path(text).expanduser().exists():
                     found.append(resolved(text))
             except (OSError, ValueError):  # a text, not a path (too long, NUL bytes)
