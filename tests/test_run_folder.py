@@ -310,9 +310,11 @@ def test_a_run_stopped_before_its_first_save_is_simply_rerun(workspace, tmp_path
     assert "stopped before its first save (nothing to resume); starting afresh" in caplog.text
     assert json.loads((output / "run.json").read_text())["status"] == "complete"
 
-    nan = tmp_path / "nan"  # a NaN at step 0, then the same command with the mistake fixed
-    with pytest.raises(UnlearnError, match="forget loss is nan at step 0"):
-        unlearn(make_config(options(workspace, output=str(nan), save_every=2, steering_coeff=float("nan"))),
+    # A non-finite loss at step 0 (c = 1e30 makes it inf; a NaN c is refused by the config), then
+    # the same command with the mistake fixed.
+    nan = tmp_path / "nan"
+    with pytest.raises(UnlearnError, match="forget loss is inf at step 0"):
+        unlearn(make_config(options(workspace, output=str(nan), save_every=2, steering_coeff=1e30)),
                 progress=False)
     unlearn(make_config(options(workspace, output=str(nan), save_every=2)), progress=False)
     assert json.loads((nan / "run.json").read_text())["status"] == "complete"

@@ -56,12 +56,12 @@ def tiny_config(architecture: str = "llama", vocab_size: int = 256, num_layers: 
             "gpt_neox", num_hidden_layers=num_layers, hidden_size=hidden, num_attention_heads=4,
             intermediate_size=hidden * 4, max_position_embeddings=512, **common,
         )
-    extra = {}
+    extra = {}  # rotary models: room for the published forget length (768) that the recipes use
     if architecture == "gemma3_text":
         extra = dict(head_dim=16, sliding_window=8, layer_types=None)
     return AutoConfig.for_model(
         architecture, num_hidden_layers=num_layers, hidden_size=hidden, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=hidden * 3, max_position_embeddings=512,
+        num_key_value_heads=2, intermediate_size=hidden * 3, max_position_embeddings=1024,
         **extra, **common,
     )
 
