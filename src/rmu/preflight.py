@@ -31,6 +31,8 @@ def check_run(config: UnlearnConfig) -> None:
     check_lengths(config, model.config)
     select_parameters(model, structure, config.update_layers, config.params)  # names the presets if none match
     if config.control_vectors:
+        from rmu.rules import check_control_vectors
+
         check_control_vectors(Path(config.control_vectors), config.topics, structure.hidden_size)
 
 
@@ -66,25 +68,3 @@ def check_lengths(config: UnlearnConfig, model_config) -> None:
         if too_long:
             raise ConfigError(f"--{name} {too_long[0]} exceeds the model's position limit of {limit} tokens "
                               f"(config.json); give at most {limit}")
-
-
-def check_control_vectors(path: Path, topics: list[str], hidden_size: int) -> None:
-    """A --control-vectors file is readable safetensors with one vector of the model's width per topic."""
-    from safetensors import SafetensorError, safe_open
-
-    from rmu.rules import unreadable_control_vectors
-
-    if not path.is_file():
-        raise ConfigError(f"--control-vectors {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ConfigError(unreadable_control_vectors(path, error)) from None
-    missing = [topic for topic in topics if topic not in shapes]
-    if missing:
-        raise ConfigError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(shapes)}")
-    for topic in topics:
-        if shapes[topic] != (hidden_size,):
-            raise ConfigError(f"--control-vectors {path}: vector '{topic}' has shape {shapes[topic]}, the model's "
-                              f"hidden size is {hidden_size}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rmu.config import ConfigError
@@ -57,24 +57,31 @@ def save_control_vectors(vectors: dict[str, torch.Tensor], path: str | Path) -> 
     save_file({k: v.contiguous().cpu() for k, v in vectors.items()}, str(path))
 
 
-def load_control_vectors(path: str | Path, topics: list[str], hidden_size: int) -> dict[str, torch.Tensor]:
-    """Saved vectors for ``topics``; a clear error when a topic is missing or the width differs."""
+def check_control_vectors(path: str | Path, topics: list[str], hidden_size: int) -> None:
+    """A --control-vectors file is readable safetensors with one vector of the model's width per topic.
+
+    Reads the file's header only, so it can run before the model is loaded."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--control-vectors {path} does not exist")
     try:
-        vectors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise ConfigError(unreadable_control_vectors(path, error)) from None
-    missing = [t for t in topics if t not in vectors]
+    missing = [topic for topic in topics if topic not in shapes]
     if missing:
-        raise ConfigError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(vectors)}")
+        raise ConfigError(f"--control-vectors {path} has no vector for topic(s) {missing}; it has {sorted(shapes)}")
     for topic in topics:
-        if vectors[topic].shape != (hidden_size,):
-            raise ConfigError(
-                f"--control-vectors {path}: vector '{topic}' has shape {tuple(vectors[topic].shape)}, "
-                f"the model's hidden size is {hidden_size}"
-            )
+        if shapes[topic] != (hidden_size,):
+            raise ConfigError(f"--control-vectors {path}: vector '{topic}' has shape {shapes[topic]}, the model's "
+                              f"hidden size is {hidden_size}")
+
+
+def load_control_vectors(path: str | Path, topics: list[str], hidden_size: int) -> dict[str, torch.Tensor]:
+    """Saved vectors for ``topics``; a clear error when a topic is missing or the width differs."""
+    check_control_vectors(path, topics, hidden_size)
+    vectors = load_file(str(path))
     return {t: vectors[t].float() for t in topics}
 
 
