@@ -68,6 +68,18 @@ class UnlearnConfig(BaseModel):
     full_load: bool = False  # load the whole model instead of layers 0..l only
     gradient_checkpointing: bool = False  # recompute the updated layers in backward (less memory)
     fsdp: bool = False  # shard layers 0..l across ranks with FSDP2 as they are read (under torchrun)
+    # Scale rule (rmu.scale, issue #11): these settings are calibrated from the model's measured
+    # layer-l norms before the run instead of taken as given ("all" = lr, alpha, coeff).
+    auto: list[Literal["lr", "alpha", "coeff"]] = []
+
+    @field_validator("auto", mode="before")
+    @classmethod
+    def _auto_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)) and "all" in value:
+            return ["lr", "alpha", "coeff"]
+        return value
 
     @field_validator("forget", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rmu import checkpoint, distributed, rules
+from rmu import checkpoint, distributed, health, rules, scale
 from rmu.config import UnlearnConfig
 from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
 from rmu.structure import ModelStructure, find_structure, layer_hidden, select_parameters
@@ -179,6 +180,8 @@ class UnlearnResult:
     loaded_from_source: bool = False  # the engine loaded config.model itself (possibly layers 0..l only)
     # The trained tensors, whole: views of the model's own (gathered copies under FSDP).
     final_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    health: dict | None = None  # rmu.health's report of the finished run (also in run.json)
+    calibration: dict | None = None  # rmu.scale's measurements when config.auto is set
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -346,6 +349,12 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
         vectors = rules.random_control_vectors(topics, structure.hidden_size, config.seed)
     steps = min(config.steps, corpora.available_steps())
     batches = _tokenize_needed(corpora, tokenizer, config, steps)
+    calibration = None
+    if config.auto:  # the scale rule replaces the chosen settings by calibrated ones (rmu.scale)
+        if ranks.distributed:
+            raise UnlearnError("--auto calibrates in one process: run it once without --nproc/torchrun and "
+                               "pass the values it records in run.json ('calibration')")
+        config, calibration = scale.calibrate(config, runner, tensors.in_model, batches, vectors, steps, device)
     coefficients = _fixed_coefficients(config, runner, batches, device)
 
     optimizer = _make_optimizer(list(tensors.master.values()), config.lr)
@@ -385,6 +394,12 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
         # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
         final_weights={n: distributed.full_tensor(p.detach()) for n, p in tensors.in_model.items()},
     )
+    result.calibration = calibration
+    report = health.diagnose(config, runner, batches, vectors, coefficients, records, device,
+                             lambda batch: loss_mask(batch, config))
+    result.health = report.to_dict()
+    if progress:
+        tqdm.write("\n".join(report.lines()), file=sys.stderr)
     result.seconds = time.perf_counter() - started
     if config.output:
         result.output = plan.finish(result, structure) if ranks.is_main else plan.output
