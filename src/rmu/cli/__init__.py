@@ -20,6 +20,7 @@ _COMMANDS = {
     "analyze": "analyze",
     "report": "report",
     "attack": "attack",
+    "tune": "tune",
 }
 
 
