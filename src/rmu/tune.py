@@ -85,7 +85,7 @@ class TuneSettings:
     scoring: str = "cloze"
     limit: int | None = None
     eval_batch_size: int = 8
-    holdout: bool = False  # tune on the even-numbered questions, report the odd-numbered ones
+    holdout: bool = False  # tune on a seeded random half of each question file, report the other half
     storage: str | None = None
     study_name: str = "rmu-tune"
     prune: bool = True
@@ -93,9 +93,20 @@ class TuneSettings:
 
 # ---- questions -------------------------------------------------------------------------------------
 
-def split_halves(task: Task) -> tuple[Task, Task]:
-    """(questions 0, 2, 4, ...; questions 1, 3, 5, ...): the tuning half and the held-out half."""
-    return Task(task.name, list(task.questions[0::2])), Task(task.name + "_holdout", list(task.questions[1::2]))
+def split_halves(task: Task, seed: int = 0) -> tuple[Task, Task]:
+    """The tuning half and the held-out half of a task: a seeded random half each, order kept.
+
+    Random rather than alternate questions: files often alternate question kinds (the demo asks
+    "the symbol of X" then "the element with symbol Y"), which alternation would put in different halves.
+    """
+    import random
+
+    order = list(range(len(task.questions)))
+    random.Random(seed).shuffle(order)
+    tuning = sorted(order[: (len(order) + 1) // 2])
+    held_out = sorted(order[(len(order) + 1) // 2:])
+    return (Task(task.name, [task.questions[i] for i in tuning]),
+            Task(task.name + "_holdout", [task.questions[i] for i in held_out]))
 
 
 def _chance(tasks: Sequence[Task]) -> float:

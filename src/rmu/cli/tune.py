@@ -32,7 +32,7 @@ from rmu.cli.sweep import SCORINGS, collect_base, parse_int_range
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rerun the best settings on this many seeds; mean and std in summary.json.")
 @click.option("--holdout", is_flag=True,
-              help="Tune on the even-numbered questions of each file; report the odd-numbered ones.")
+              help="Tune on a seeded random half of each question file; report the other half.")
 @click.option("--layers", "layers_text", help="Candidate steered layers (3,6,9 or 3-9); default l-2, l, l+2.")
 @click.option("--methods", default="rmu,adaptive", show_default=True, help="rmu, adaptive or both.")
 @click.option("--no-pruning", is_flag=True, help="Run every trial to the end.")
