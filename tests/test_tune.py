@@ -66,6 +66,10 @@ def test_three_trial_study_writes_every_output_and_best_yaml_runs(workspace, tmp
     assert [r["seed"] for r in summary["seeds"]["runs"]] == [42, 43]
     assert set(summary["seeds"]["forget_accuracy"]) == {"mean", "std"}
     assert (out / "pareto.png").stat().st_size > 0 and (out / "study.db").is_file()
+    import optuna
+
+    study = optuna.load_study(study_name="rmu-tune", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.trials[0].intermediate_values.keys() == {50}  # half way, comparable across run lengths
 
     best = yaml.safe_load((out / "best.yaml").read_text())
     chosen = summary["best"]["settings"]

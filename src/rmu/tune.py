@@ -10,8 +10,9 @@ settings (:func:`rmu.engine.unlearn`, in memory), and scores the model on the gi
 
 The sampler is Optuna's TPE; each trial sets its constraint values (``Trial.set_constraint``) and
 TPE models the feasible region as well as the objective. Half way through each run the questions are scored once more and reported to Optuna's
-``MedianPruner``: trials whose intermediate objective is worse than the median of earlier trials at
-that step stop there (``PRUNED`` in trials.json).
+``MedianPruner`` (as step ``HALF_WAY`` = 50, percent of the run, so runs of any length compare):
+trials whose half-way objective is worse than the median of earlier trials' stop there
+(``PRUNED`` in trials.json; not before 3 trials have finished).
 
 The search space is written relative to the scale rule (:mod:`rmu.scale`), so its ranges follow
 the model's measured norms and not Zephyr's: for each candidate layer a one-step probe run
@@ -59,6 +60,7 @@ from rmu.structure import find_structure
 from rmu.tasks import Task, load_task
 
 RETAIN_WEIGHT = 0.5
+HALF_WAY = 50  # the step, in percent of the run, at which trials report to the pruner
 STUDY_FILE = "study.db"
 TRIALS_FILE = "trials.json"
 BEST_FILE = "best.yaml"
@@ -253,7 +255,8 @@ class _Tuner:
                 return
             scores = self.scorer(with_perplexity=False)
             trial.set_user_attr("half_way", scores)
-            trial.report(objective_value(scores, self.baseline, self.scorer.chance), middle)
+            # One common step (percent of the run) so the pruner compares trials of any length.
+            trial.report(objective_value(scores, self.baseline, self.scorer.chance), HALF_WAY)
             if trial.should_prune():
                 _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
                 raise optuna.TrialPruned(f"pruned at step {middle}")
