@@ -108,10 +108,14 @@ def test_two_processes_share_one_sqlite_study(workspace, tmp_path):
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     lists = [json.loads((tmp_path / f"worker{i}" / "trials.json").read_text())["trials"] for i in range(2)]
-    finished = [t for t in lists[1] if t["state"] == "COMPLETE"]
-    assert len(finished) >= 4  # one study: the total counts both processes' trials
-    assert len({t["worker"] for t in finished}) == 2  # and both processes ran some
+    finished = [t for t in max(lists, key=len) if t["state"] == "COMPLETE"]
+    # One study: --trials is the total of both processes (8 if each had counted its own; at most
+    # one more than 4 when both start a trial at once), with unique numbers.
+    assert 4 <= len(finished) <= 5
     assert len({t["number"] for t in finished}) == len(finished)
+    # Every trial was run by one of the two processes (which of them ran how many is up to timing).
+    pids = {str(w.pid) for w in workers}
+    assert {t["worker"].rsplit(":", 1)[1] for t in finished} <= pids
 
 
 def test_holdout_reports_the_other_half(workspace, tmp_path):
