@@ -272,4 +272,6 @@ def run_summary(result, structure) -> dict:
         "control_vectors": VECTORS_FILE,
         "seconds": round(result.seconds, 2),
         "steps": result.records,
+        "health": getattr(result, "health", None),  # rmu.health: did the run work?
+        "calibration": getattr(result, "calibration", None),  # rmu.scale, when --auto was given
     }

@@ -108,6 +108,19 @@ class UnlearnConfig(BaseModel):
         topics = len(forget) if isinstance(forget, (dict, list, tuple)) else 1
         return apply_recipe(values, topics)
 
+    # Scale rule (rmu.scale, issue #11): these settings are calibrated from the model's measured
+    # layer-l norms before the run instead of taken as given ("all" = lr, alpha, coeff).
+    auto: list[Literal["lr", "alpha", "coeff"]] = []
+
+    @field_validator("auto", mode="before")
+    @classmethod
+    def _auto_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)) and "all" in value:
+            return ["lr", "alpha", "coeff"]
+        return value
+
     @field_validator("forget", mode="before")
     @classmethod
     def _forget_mapping(cls, value: Any) -> Any:

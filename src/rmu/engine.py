@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rmu import checkpoint, distributed, divergence, rules
+from rmu import checkpoint, distributed, divergence, health, rules, scale
 from rmu.config import UnlearnConfig
 from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
                       tokenize)
@@ -211,6 +212,8 @@ class UnlearnResult:
     loaded_from_source: bool = False  # the engine loaded config.model itself (possibly layers 0..l only)
     # The trained tensors, whole: views of the model's own (gathered copies under FSDP).
     final_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    health: dict | None = None  # rmu.health's report of the finished run (also in run.json)
+    calibration: dict | None = None  # rmu.scale's measurements when config.auto is set
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -400,6 +403,12 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
     vectors = _control_vectors(config, topics, structure.hidden_size, model_dtype, device)
     steps = min(config.steps, corpora.available_steps())
     batches = _tokenize_needed(corpora, tokenizer, config, steps)
+    calibration = None
+    if config.auto:  # the scale rule replaces the chosen settings by calibrated ones (rmu.scale)
+        if ranks.distributed:
+            raise UnlearnError("--auto calibrates in one process: run it once without --nproc/torchrun and "
+                               "pass the values it records in run.json ('calibration')")
+        config, calibration = scale.calibrate(config, runner, tensors.in_model, batches, vectors, steps, device)
     coefficients = _fixed_coefficients(config, runner, batches, device)
 
     optimizer = make_optimizer(config.optimizer, list(tensors.master.values()), config.lr)
@@ -444,6 +453,12 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
         # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
         final_weights={n: distributed.full_tensor(p.detach()) for n, p in tensors.in_model.items()},
     )
+    result.calibration = calibration
+    report = health.diagnose(config, runner, batches, vectors, coefficients, records, device,
+                             lambda batch: loss_mask(batch, config))
+    result.health = report.to_dict()
+    if progress:
+        tqdm.write("\n".join(report.lines()), file=sys.stderr)
     result.seconds = time.perf_counter() - started
     if config.output:
         result.output = plan.finish(result, structure) if ranks.is_main else plan.output

@@ -26,6 +26,12 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+def _errors(points: list[dict], which: str) -> list[float] | None:
+    """Error bars: the std over seeds of a sweep run with --seeds (None: one seed, no bars)."""
+    stds = [p.get(f"{which}_std") for p in points]
+    return None if all(s is None for s in stds) else [s or 0.0 for s in stds]
+
+
 def plot_layer_sweep(data: dict) -> Figure:
     """Forget and retain accuracy against the steered layer, one line per method."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -35,8 +41,8 @@ def plot_layer_sweep(data: dict) -> Figure:
         for method in data["settings"]["methods"]:
             points = sorted((p for p in data["points"] if p["method"] == method and p.get(which) is not None),
                             key=lambda p: p["layer"])
-            ax.plot([p["layer"] for p in points], [p[which] for p in points], marker="o",
-                    label=METHOD_LABELS.get(method, method))
+            ax.errorbar([p["layer"] for p in points], [p[which] for p in points], yerr=_errors(points, which),
+                        marker="o", capsize=3, label=METHOD_LABELS.get(method, method))
         if base.get(which) is not None:
             ax.axhline(base[which], color="grey", linestyle="--", label="base model")
         ax.set_xlabel("steered layer l (updated l-2..l)")
@@ -55,14 +61,17 @@ def plot_coeff_sweep(data: dict) -> Figure:
     xs = [p["value"] for p in points]
     base = data.get("baseline") or {}
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(xs, [p["forget_accuracy"] for p in points], marker="o", label="forget")
-    axes[0].plot(xs, [p["retain_accuracy"] for p in points], marker="s", label="retain")
+    axes[0].errorbar(xs, [p["forget_accuracy"] for p in points], yerr=_errors(points, "forget_accuracy"), marker="o",
+                     capsize=3, label="forget")
+    axes[0].errorbar(xs, [p["retain_accuracy"] for p in points], yerr=_errors(points, "retain_accuracy"), marker="s",
+                     capsize=3, label="retain")
     for which, color in (("forget_accuracy", "C0"), ("retain_accuracy", "C1")):
         if base.get(which) is not None:
             axes[0].axhline(base[which], color=color, linestyle="--", alpha=0.6)
     axes[0].set_ylabel("accuracy (dashed: base model)")
     axes[0].legend()
-    axes[1].plot(xs, [p["cosine"] for p in points], marker="o", color="C2", label="unlearned")
+    axes[1].errorbar(xs, [p["cosine"] for p in points], yerr=_errors(points, "cosine"), marker="o", color="C2",
+                     capsize=3, label="unlearned")
     if base.get("cosine") is not None:
         axes[1].axhline(base["cosine"], color="grey", linestyle="--", label="base model")
     axes[1].set_ylabel("mean cos(h_l, u) over forget tokens")

@@ -10,6 +10,7 @@ kept as ``<output>/runs/<point>/run.json`` (the format ``rmu unlearn`` writes), 
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -40,7 +41,7 @@ def _base_values(base: dict | UnlearnConfig) -> dict[str, Any]:
     return values
 
 
-def _sweep_inputs(arguments: dict) -> list:
+def sweep_inputs(arguments: dict) -> list:
     """The input paths of a sweep (model, corpora, control vectors, task files), for rmu.outputs."""
     base = arguments["base"]
     values = base.model_dump() if isinstance(base, UnlearnConfig) else dict(base)
@@ -195,12 +196,42 @@ def _run_point(sweep: _Sweep, values: dict, key: dict, run_name: str, extra=None
     return point
 
 
-@writes_folder("sweep layers", inputs=_sweep_inputs)
+# Per-point numbers averaged over seeds (mean, and std as <key>_std) when a sweep runs several.
+_SEED_AVERAGED = ("forget_accuracy", "retain_accuracy", "cosine", "final_forget_loss", "final_retain_loss",
+                  "final_forget_norm", "frozen_forget_norm", "seconds")
+
+
+def _run_point_seeds(sweep: _Sweep, values: dict, key: dict, run_name: str, seeds: int, extra=None) -> dict:
+    """The point on ``seeds`` seeds (the config's seed, +1, ...): each run kept under ``seeds``, the
+    numbers of ``_SEED_AVERAGED`` replaced by their mean with the sample std beside them."""
+    if seeds == 1:
+        return _run_point(sweep, values, key, run_name, extra)
+    first = int(values.get("seed", 42))
+    runs = [_run_point(sweep, dict(values, seed=seed), key, f"{run_name}_seed{seed}", extra)
+            for seed in range(first, first + seeds)]
+    point = dict(key)
+    for run, seed in zip(runs, range(first, first + seeds)):
+        run["seed"] = seed
+    ok = [r for r in runs if "error" not in r]
+    if len(ok) < len(runs):
+        point["error"] = next(r["error"] for r in runs if "error" in r)
+    for name in _SEED_AVERAGED:
+        numbers = [r[name] for r in ok if isinstance(r.get(name), (int, float))]
+        point[name] = statistics.fmean(numbers) if numbers else None
+        point[f"{name}_std"] = statistics.stdev(numbers) if len(numbers) > 1 else None
+    if ok:
+        point["coefficients"] = ok[0].get("coefficients")
+        point["steps"] = ok[0].get("steps")
+    point["seeds"] = runs
+    return point
+
+
+@writes_folder("sweep layers", inputs=sweep_inputs)
 def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str | Path, *,
                  forget_tasks: Sequence, retain_tasks: Sequence, methods: Sequence[str] = METHODS,
                  scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
                  model=None, tokenizer=None, overwrite: bool = False, progress: bool = True,
-                 plot: bool = True) -> dict:
+                 plot: bool = True, seeds: int = 1) -> dict:
     """RMU and/or Adaptive RMU steering each layer l in ``layers`` (updating l-2..l), each evaluated.
 
     ``base``: the options of every run (``UnlearnConfig`` fields: model, forget, retain, steps, lr,
@@ -219,6 +250,7 @@ def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str 
     if bad or not methods:
         raise AnalysisError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
     settings = {k: v for k, v in values.items() if k not in _POINT_OPTIONS}
+    settings.update(_seeds_setting(seeds))
     sweep = _Sweep("layers", output, settings, {"layers": layers, "methods": methods}, forget_tasks, retain_tasks, scoring, limit, eval_batch_size,
                    model, tokenizer, overwrite, progress)
     todo = [(m, l) for m in methods for l in layers if not sweep.done({"method": m, "layer": l})]
@@ -236,7 +268,8 @@ def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str 
     for method, layer in bar:
         bar.set_postfix(method=method, layer=layer)
         point_values = dict(values, method=method, layer=layer, update_layers=None)
-        point = _run_point(sweep, point_values, {"method": method, "layer": layer}, f"{method}_layer{layer}")
+        point = _run_point_seeds(sweep, point_values, {"method": method, "layer": layer}, f"{method}_layer{layer}",
+                                 seeds)
         sweep.data["points"].append(point)
         sweep.save()
     bar.close()
@@ -248,12 +281,12 @@ def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str 
     return sweep.data
 
 
-@writes_folder("sweep coeff", inputs=_sweep_inputs)
+@writes_folder("sweep coeff", inputs=sweep_inputs)
 def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str | Path, *,
                 forget_tasks: Sequence, retain_tasks: Sequence, method: str = "rmu", layer: int | None = None,
                 scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
                 cosine_batches: int = 4, model=None, tokenizer=None, overwrite: bool = False,
-                progress: bool = True, plot: bool = True) -> dict:
+                progress: bool = True, plot: bool = True, seeds: int = 1) -> dict:
     """A grid of c (``method='rmu'``) or beta (``method='adaptive'``) at one layer.
 
     Per value: forget/retain accuracy, and the mean cosine similarity between the layer-l forget
@@ -278,6 +311,7 @@ def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str
     settings = {k: v for k, v in options.items() if k not in _POINT_OPTIONS and k != coefficient}
     settings.update(method=method, layer=options.get("layer", 7), coefficient=coefficient,
                     update_layers=options.get("update_layers"), cosine_batches=cosine_batches)
+    settings.update(_seeds_setting(seeds))
     sweep = _Sweep("coeff", output, settings, {"values": grid}, forget_tasks, retain_tasks, scoring, limit, eval_batch_size,
                    model, tokenizer, overwrite, progress)
     todo = [v for v in grid if not sweep.done({"value": v})]
@@ -315,8 +349,8 @@ def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str
     for value in bar:
         bar.set_postfix({coefficient: value})
         point_values = dict(options, method=method, **{coefficient: value})
-        point = _run_point(sweep, point_values, {"value": value}, f"{method}_{coefficient}{value:g}",
-                           extra=lambda config, result: cosine(config, result.control_vectors))
+        point = _run_point_seeds(sweep, point_values, {"value": value}, f"{method}_{coefficient}{value:g}", seeds,
+                                 extra=lambda config, result: cosine(config, result.control_vectors))
         sweep.data["points"].append(point)
         sweep.save()
     bar.close()
@@ -326,6 +360,13 @@ def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str
         plots.save_figure(plots.plot_coeff_sweep(sweep.data), sweep.output / "coeff.png")
     (sweep.output / "table.md").write_text(coeff_table(sweep.data) + "\n", encoding="utf-8")
     return sweep.data
+
+
+def _seeds_setting(seeds: int) -> dict:
+    """``{"seeds": K}`` for K > 1 (one seed leaves the settings as they always were, for old sweeps)."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise AnalysisError(f"seeds must be a whole number of at least 1, got {seeds!r}")
+    return {"seeds": seeds} if seeds > 1 else {}
 
 
 def _vectors(config: UnlearnConfig, hidden_size: int) -> dict[str, torch.Tensor]:
@@ -348,6 +389,14 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _spread(point: dict, name: str):
+    """The point's value, as "mean +- std" when it was averaged over seeds."""
+    value, std = point.get(name), point.get(f"{name}_std")
+    if value is None or std is None:
+        return value
+    return f"{value:.3f} +- {std:.3f}"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -360,7 +409,7 @@ def layer_table(data: dict) -> str:
     rows = [["base", "-", base.get("forget_accuracy"), base.get("retain_accuracy"), None, None, None]]
     for p in sorted(data["points"], key=lambda p: (p["method"], p["layer"])):
         coefficient = next(iter((p.get("coefficients") or {}).values()), None)
-        rows.append([p["method"], p["layer"], p.get("forget_accuracy"), p.get("retain_accuracy"),
+        rows.append([p["method"], p["layer"], _spread(p, "forget_accuracy"), _spread(p, "retain_accuracy"),
                      coefficient, p.get("frozen_forget_norm"), p.get("final_forget_loss") if "error" not in p
                      else "error: " + p["error"][:60]])
     return markdown_table(["method", "layer", "forget acc", "retain acc", "coefficient", "frozen forget norm",
@@ -373,6 +422,6 @@ def coeff_table(data: dict) -> str:
     rows = [["base", base.get("forget_accuracy"), base.get("retain_accuracy"), base.get("cosine"), None, None]]
     for p in sorted(data["points"], key=lambda p: p["value"]):
         coefficient = next(iter((p.get("coefficients") or {}).values()), None)
-        rows.append([p["value"], p.get("forget_accuracy"), p.get("retain_accuracy"), p.get("cosine"),
+        rows.append([p["value"], _spread(p, "forget_accuracy"), _spread(p, "retain_accuracy"), _spread(p, "cosine"),
                      coefficient, p.get("final_forget_norm")])
     return markdown_table([name, "forget acc", "retain acc", "cos(h, u)", "effective c", "final forget norm"], rows)

@@ -26,6 +26,7 @@ _COMMANDS = {
     "report": "report",
     "attack": "attack",
     "recipes": "recipes",
+    "tune": "tune",
 }
 
 

@@ -73,6 +73,9 @@ def base_options(function):
         click.option("--output", type=click.Path(file_okay=False), required=True,
                      help="Folder for sweep.json, the figure, the table and each point's run.json."),
         click.option("--overwrite", is_flag=True, help="Start over instead of resuming a sweep in --output."),
+        click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Run every point on this many seeds (--seed, +1, ...): mean +- std in the table, "
+                          "error bars in the plot."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -108,7 +111,7 @@ def command() -> None:
 @click.option("--methods", default="rmu,adaptive", show_default=True, help="rmu, adaptive or both.")
 @base_options
 def layers_command(layers_text, methods, config_file, forget, retain, forget_tasks, retain_tasks, scoring, limit,
-                   eval_batch_size, output, overwrite, quiet, **flags):
+                   eval_batch_size, output, overwrite, quiet, seeds, **flags):
     """RMU and Adaptive RMU at every layer l of a range (updating l-2..l): accuracy against the layer."""
     from rmu.analysis import AnalysisError, sweep_layers
     from rmu.analysis.sweeps import layer_table
@@ -118,7 +121,8 @@ def layers_command(layers_text, methods, config_file, forget, retain, forget_tas
         base = collect_base(config_file, forget, retain, flags)
         data = sweep_layers(base, layers, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks,
                             methods=[m.strip() for m in methods.split(",") if m.strip()], scoring=scoring,
-                            limit=limit, eval_batch_size=eval_batch_size, overwrite=overwrite, progress=not quiet)
+                            limit=limit, eval_batch_size=eval_batch_size, overwrite=overwrite, progress=not quiet,
+                            seeds=seeds)
     except (AnalysisError, ConfigError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(layer_table(data))
@@ -133,7 +137,7 @@ def layers_command(layers_text, methods, config_file, forget, retain, forget_tas
               help="Forget batches per topic on which cos(h_l, u) is measured.")
 @base_options
 def coeff_command(values_text, method, layer, cosine_batches, config_file, forget, retain, forget_tasks, retain_tasks,
-                  scoring, limit, eval_batch_size, output, overwrite, quiet, **flags):
+                  scoring, limit, eval_batch_size, output, overwrite, quiet, seeds, **flags):
     """A grid of c or beta: accuracy and cos(forget representation, u) against the coefficient."""
     from rmu.analysis import AnalysisError, sweep_coeff
     from rmu.analysis.sweeps import coeff_table
@@ -143,7 +147,7 @@ def coeff_command(values_text, method, layer, cosine_batches, config_file, forge
         base = collect_base(config_file, forget, retain, flags)
         data = sweep_coeff(base, values, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, method=method,
                            layer=layer, scoring=scoring, limit=limit, eval_batch_size=eval_batch_size,
-                           cosine_batches=cosine_batches, overwrite=overwrite, progress=not quiet)
+                           cosine_batches=cosine_batches, overwrite=overwrite, progress=not quiet, seeds=seeds)
     except (AnalysisError, ConfigError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(coeff_table(data))

@@ -83,6 +83,9 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
               help="Shard layers 0..l across processes with FSDP2 as they are read (each rank reads its rows only).")
 @click.option("--divergence-check/--no-divergence-check", default=None,
               help="Stop a run whose loss explodes (over 100x the first forget loss; default on).")
+@click.option("--auto", help="Scale rule: calibrate these settings from the model's measured layer norms "
+                             "instead of taking them as given: lr, alpha, coeff (comma-separated) or all. "
+                             "See docs/tuning.md.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""

@@ -1,0 +1,163 @@
+"""The scale rule: lr, alpha and the coefficient chosen from the model's measured layer-l scale.
+
+Layer-l hidden states have norms near 3 in Zephyr-7B, 130 in SmolLM2-135M and 6,900 in Gemma 3
+270M, so a recipe written in absolute numbers does nothing on one model and wrecks another. Which
+settings must follow the scale, and how (docs/tuning.md has the long form):
+
+* **coefficient** c: the forget target c*u only means "far from where h lives" relative to h's
+  length. c = ``COEFF_RATIO`` x the mean per-token norm of the frozen layer-l forget states (on the
+  first forget batch, over the positions the losses use): Adaptive RMU's first-batch rule with
+  beta = ``COEFF_RATIO``. Zephyr's published c = 6.5 against its norm ~3 is the same ratio (~2.2).
+* **alpha** is already scale-free: both losses are squared distances in the same units, and Adam
+  normalises the summed gradient, so only the ratio of the two gradients matters. At the step where
+  the retain gradient (alpha x drift) balances the forget gradient (the distance D to c*u), the
+  retain states have drifted by D / alpha. alpha = D / (``RETAIN_BALANCE`` x R), R the retain norm:
+  balance when the retain drift is ``RETAIN_BALANCE`` of R. With c = 2x the norm D/R is about 2.2,
+  so alpha comes out near 550: between Zephyr's 1200 and the demo's hand-tuned 300 (which put the
+  balance at 0.2% and 0.75% of the norm).
+* **lr** must follow the scale: Adam's first step is lr x sign(gradient) whatever the gradient's
+  size, so how far one step moves h depends only on lr and the model's weights and activations.
+  The calibration measures that directly with a finite difference of one sign step (g the forget
+  loss's gradient on the first forget batch): ``response`` = |h(W - eps sign g) - h(W)| / eps and
+  ``approach`` = (|h(W) - c u| - |h(W - eps sign g) - c u|) / eps, per token: how far h moves, and
+  how much closer to the target it gets, per unit of lr. Then lr = ``REACH`` x D / (T x approach),
+  T the topic's steps: T steps at 1/``REACH`` of the first step's approach rate cover the distance
+  D. ``REACH`` = 2 is a prior guess, not fitted: Adam's later steps are shorter than its first
+  (gradient signs that flip shrink m / sqrt(v)) and the approach slows as h turns. (The demo's
+  hand-found lr 3e-3 on SmolLM2 corresponds to ``REACH`` ~ 3.1; the rule gives 2.0e-3 there.)
+
+The calibration costs, per topic, one frozen pass of layers 0..l on a forget and a retain batch,
+one forward+backward and one forward of the updated layers. Enabled per setting by
+``UnlearnConfig.auto`` (``--auto lr,alpha,coeff`` or ``--auto all``); the measured values and the
+chosen settings go into run.json under ``calibration``, and the run uses the chosen ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+COEFF_RATIO = 2.0  # c / the layer's norm (Adaptive RMU's beta); Zephyr's 6.5 / ~3 ~ 2.2
+RETAIN_BALANCE = 0.004  # retain drift (fraction of its norm) at which alpha balances the forget pull
+REACH = 2.0  # first-step approach rates per run, in units of the distance to the target (a prior guess)
+EPS_RELATIVE = 1e-3  # finite-difference step, relative to the trained weights' RMS (float32)
+EPS_RELATIVE_HALF = 3e-2  # in bfloat16/float16 a smaller step would round away
+AUTO_SETTINGS = ("lr", "alpha", "coeff")
+
+
+class CalibrationError(RuntimeError):
+    """The calibration cannot run (e.g. no batches); the message says what to do."""
+
+
+@dataclass
+class TopicScale:
+    topic: str
+    forget_norm: float  # mean per-token norm of the frozen layer-l forget states
+    retain_norm: float  # the same on retain states
+    coefficient: float  # c the run uses (RMU), or beta x forget_norm (Adaptive RMU)
+    distance: float  # mean per-token |h_frozen - c u| on the forget batch
+    response: float  # kappa: mean per-token |dh| per unit lr of a sign step
+    approach: float  # mean per-token decrease of |h - c u| per unit lr of the same step
+    lr: float  # the rule's lr for this topic
+    alpha: float  # the rule's alpha for this topic
+
+
+def significant(value: float, digits: int = 3) -> float:
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+
+
+def _response(runner, trained: dict[str, torch.nn.Parameter], frozen, target: torch.Tensor,
+              mask: torch.Tensor | None, real: torch.Tensor) -> tuple[float, float]:
+    """Per unit lr of a sign step (Adam's first step): how far h_l moves, and how much closer to c*u.
+
+    Both are means over tokens of a finite difference of step eps, divided by eps.
+    """
+    from rmu.engine import masked_mse
+
+    parameters = list(trained.values())
+    with torch.enable_grad():
+        before = runner.stack(frozen.hidden_in, frozen.calls)
+        gradients = torch.autograd.grad(masked_mse(before, target, mask), parameters)
+    half = any(p.dtype != torch.float32 for p in parameters)
+    rms = torch.stack([p.detach().float().pow(2).mean() for p in parameters]).mean().sqrt()
+    eps = float(rms) * (EPS_RELATIVE_HALF if half else EPS_RELATIVE)
+    saved = [p.detach().clone() for p in parameters]
+    with torch.no_grad():
+        try:
+            for parameter, gradient in zip(parameters, gradients):
+                parameter.sub_(eps * gradient.sign().to(parameter.dtype))
+            after = runner.stack(frozen.hidden_in, frozen.calls)
+        finally:
+            for parameter, value in zip(parameters, saved):
+                parameter.copy_(value)
+    before, after = before.detach().float(), after.float()
+    moved = (after - before).norm(dim=-1)[real]
+    closer = ((before - target).norm(dim=-1) - (after - target).norm(dim=-1))[real]
+    return float(moved.mean()) / eps, float(closer.mean()) / eps
+
+
+def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, vectors: dict[str, torch.Tensor],
+              steps: int, device) -> tuple[object, dict]:
+    """The config with the ``config.auto`` settings replaced by the rule's, and the measurements.
+
+    ``batches``: the engine's topic -> [(forget batch, retain batch), ...]; the first pair of each
+    topic is measured. ``trained``: the model's trained tensors (restored after the probe step).
+    """
+    from rmu import rules
+    from rmu.engine import loss_mask
+
+    auto = set(config.auto)
+    topics = []
+    coefficients = list(config.steering_coeff)
+    betas = list(config.beta)
+    if "coeff" in auto and config.method == "adaptive":
+        betas = [COEFF_RATIO] * len(config.topics)
+    for index, topic in enumerate(config.topics):
+        if not batches[index]:
+            raise CalibrationError(f"topic '{topic}' has no batch to calibrate on; give a longer corpus")
+        forget, retain = (b.to(device) for b in batches[index][0])
+        forget_mask, retain_mask = loss_mask(forget, config), loss_mask(retain, config)
+        forget_real = (forget.attention_mask if forget_mask is None else forget_mask).bool()
+        retain_real = (retain.attention_mask if retain_mask is None else retain_mask).bool()
+        frozen = runner.frozen(forget)
+        original = frozen.output.float()
+        forget_norm = float(original.norm(dim=-1)[forget_real].mean())
+        retain_norm = float(runner.frozen(retain).output.float().norm(dim=-1)[retain_real].mean())
+        if config.method == "adaptive":
+            coefficient = rules.first_batch_coefficient(betas[index], original, forget_mask)
+        elif "coeff" in auto:
+            coefficient = significant(COEFF_RATIO * forget_norm, 4)
+            coefficients[index] = coefficient
+        else:
+            coefficient = float(coefficients[index])
+        u = vectors[topic].to(device, torch.float32)
+        target = coefficient * u
+        distance = float((original - target).norm(dim=-1)[forget_real].mean())
+        response, approach = _response(runner, trained, frozen, target, forget_mask, forget_real)
+        topic_steps = max(1, math.ceil(steps / len(config.topics)))
+        topics.append(TopicScale(
+            topic=topic, forget_norm=forget_norm, retain_norm=retain_norm, coefficient=coefficient,
+            distance=distance, response=response, approach=approach,
+            lr=significant(REACH * distance / (topic_steps * max(approach, 1e-30))),
+            alpha=significant(distance / (RETAIN_BALANCE * max(retain_norm, 1e-30))),
+        ))
+    updates: dict = {}
+    if "lr" in auto:
+        updates["lr"] = min(t.lr for t in topics)  # one optimizer: the most cautious topic's
+    if "alpha" in auto:
+        updates["alpha"] = [t.alpha for t in topics]
+    if "coeff" in auto:
+        updates["steering_coeff" if config.method == "rmu" else "beta"] = (
+            coefficients if config.method == "rmu" else betas)
+    calibration = {
+        "auto": sorted(auto),
+        "rule": {"coeff_ratio": COEFF_RATIO, "retain_balance": RETAIN_BALANCE, "reach": REACH},
+        "topics": [{k: significant(v, 5) if isinstance(v, float) else v for k, v in asdict(t).items()}
+                   for t in topics],
+        "chosen": updates,
+    }
+    return config.model_copy(update=updates), calibration

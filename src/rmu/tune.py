@@ -1,0 +1,539 @@
+"""``rmu tune``: a constrained Optuna search for unlearning settings on the user's own questions.
+
+The model is loaded once. Each trial puts the original weights back, unlearns with the trial's
+settings (:func:`rmu.engine.unlearn`, in memory), and scores the model on the given questions
+(:func:`rmu.evaluate.evaluate`). The goal and the constraint:
+
+* objective (minimised): |forget accuracy - chance| + ``RETAIN_WEIGHT`` x max(0, base retain - retain);
+* constraints (feasible when <= 0, Optuna's convention): retain accuracy >= base - max_retain_drop,
+  and, with general text, perplexity <= base x (1 + max_perplexity_rise).
+
+The sampler is Optuna's TPE; each trial sets its constraint values (``Trial.set_constraint``) and
+TPE models the feasible region as well as the objective. Half way through each run the questions are scored once more and reported to Optuna's
+``MedianPruner`` (as step ``HALF_WAY`` = 50, percent of the run, so runs of any length compare):
+trials whose half-way objective is worse than the median of earlier trials' stop there
+(``PRUNED`` in trials.json; not before 3 trials have finished).
+
+The search space is written relative to the scale rule (:mod:`rmu.scale`), so its ranges follow
+the model's measured norms and not Zephyr's: for each candidate layer a one-step probe run
+calibrates the layer's norms and the rule's lr and alpha, then a trial draws
+
+* method in {rmu, adaptive}, layer among the candidates, steps in [steps/4, steps],
+* ``coeff_ratio`` in [1, 8] (log): c = ratio x the layer's forget norm (RMU) or beta = ratio,
+* ``lr_factor`` in [0.2, 10] (log): lr = factor x the rule's lr for that layer and step count,
+* ``alpha_factor`` in [0.1, 10] (log): alpha = factor x the rule's alpha,
+* ``noise_ratio`` in [0, 0.5]: noise = ratio x the retain states' per-coordinate scale
+  (retain norm / sqrt(width)).
+
+The first trial is the rule itself (factors 1, ratio 2, the given method/layer/steps), so a study
+starts from the scale rule. The study lives in ``DIR/study.db`` (SQLite) unless ``storage`` names
+another database: a rerun continues it, and several processes or machines pointing at one database
+work on one study (Optuna's distributed mode; ``trials`` is the study's total, enforced by
+``MaxTrialsCallback``). Outputs: ``trials.json``, ``best.yaml`` (runs as is with ``rmu unlearn
+--config``), ``pareto.png``, ``summary.json`` (base, best, the best settings rerun on ``seeds``
+seeds: mean and std, on the tuning questions and on the held-out half with ``holdout``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from rmu import scale
+from rmu.analysis.common import load_full_model, write_json
+from rmu.analysis.sweeps import sweep_inputs
+from rmu.config import ConfigError, UnlearnConfig, make_config
+from rmu.engine import UnlearnError, unlearn
+from rmu.errors import RmuError
+from rmu.evaluate import evaluate, perplexity
+from rmu.outputs import writes_folder
+from rmu.structure import find_structure
+from rmu.tasks import Task, load_task
+
+RETAIN_WEIGHT = 0.5
+HALF_WAY = 50  # the step, in percent of the run, at which trials report to the pruner
+STUDY_FILE = "study.db"
+TRIALS_FILE = "trials.json"
+BEST_FILE = "best.yaml"
+SUMMARY_FILE = "summary.json"
+PARETO_FILE = "pareto.png"
+METHODS = ("rmu", "adaptive")
+# Options of the base configuration that a tune sets itself.
+_TRIAL_OPTIONS = ("output", "resume", "save_every", "overwrite", "auto")
+
+
+class TuneError(RmuError, RuntimeError):
+    """The study cannot run; the message says why and what to do."""
+
+
+@dataclass
+class TuneSettings:
+    trials: int = 15  # total finished trials of the study (all processes together)
+    timeout: float | None = None  # seconds for this process's trials
+    max_retain_drop: float = 0.05
+    max_perplexity_rise: float = 0.2
+    seeds: int = 1
+    layers: tuple[int, ...] | None = None  # candidate layers (default: the base layer and +-2)
+    methods: tuple[str, ...] = METHODS
+    scoring: str = "cloze"
+    limit: int | None = None
+    eval_batch_size: int = 8
+    holdout: bool = False  # tune on a seeded random half of each question file, report the other half
+    storage: str | None = None
+    study_name: str = "rmu-tune"
+    prune: bool = True
+
+
+# ---- questions -------------------------------------------------------------------------------------
+
+def split_halves(task: Task, seed: int = 0) -> tuple[Task, Task]:
+    """The tuning half and the held-out half of a task: a seeded random half each, order kept.
+
+    Random rather than alternate questions: files often alternate question kinds (the demo asks
+    "the symbol of X" then "the element with symbol Y"), which alternation would put in different halves.
+    """
+    import random
+
+    order = list(range(len(task.questions)))
+    random.Random(seed).shuffle(order)
+    tuning = sorted(order[: (len(order) + 1) // 2])
+    held_out = sorted(order[(len(order) + 1) // 2:])
+    return (Task(task.name, [task.questions[i] for i in tuning]),
+            Task(task.name + "_holdout", [task.questions[i] for i in held_out]))
+
+
+def _chance(tasks: Sequence[Task]) -> float:
+    questions = [q for t in tasks for q in t.questions]
+    return sum(1 / len(q.choices) for q in questions) / max(len(questions), 1)
+
+
+class _Scorer:
+    """Accuracy on the forget and retain questions (and perplexity) of the model as it is now."""
+
+    def __init__(self, model, tokenizer, forget: list[Task], retain: list[Task], general_text: list[str] | None,
+                 settings: TuneSettings):
+        self.model, self.tokenizer = model, tokenizer
+        self.forget = [t.head(settings.limit) for t in forget]
+        self.retain = [t.head(settings.limit) for t in retain]
+        self.general_text = general_text
+        self.settings = settings
+        self.chance = _chance(self.forget)
+
+    def _accuracy(self, tasks: list[Task]) -> float:
+        results = evaluate(self.model, self.tokenizer, tasks, scoring=self.settings.scoring,
+                           batch_size=self.settings.eval_batch_size, progress=False)
+        count = sum(r.count for r in results.values())
+        return sum(r.accuracy * r.count for r in results.values()) / count
+
+    def __call__(self, with_perplexity: bool = True) -> dict:
+        scores = {"forget_accuracy": self._accuracy(self.forget), "retain_accuracy": self._accuracy(self.retain)}
+        if with_perplexity and self.general_text:
+            scores["perplexity"] = perplexity(self.model, self.tokenizer, self.general_text,
+                                              batch_size=self.settings.eval_batch_size, progress=False)
+        return scores
+
+
+# ---- the objective and the constraint -------------------------------------------------------------
+
+def objective_value(scores: dict, base: dict, chance: float) -> float:
+    return abs(scores["forget_accuracy"] - chance) + RETAIN_WEIGHT * max(0.0, base["retain_accuracy"]
+                                                                         - scores["retain_accuracy"])
+
+
+def constraint_values(scores: dict, base: dict, settings: TuneSettings) -> list[float]:
+    values = [base["retain_accuracy"] - settings.max_retain_drop - scores["retain_accuracy"]]
+    if base.get("perplexity") and scores.get("perplexity") is not None:
+        values.append(scores["perplexity"] / base["perplexity"] - 1 - settings.max_perplexity_rise)
+    return values
+
+
+def _set_constraints(trial, values: list[float]) -> None:
+    """Optuna's constraint values (TPE reads them) and a copy for trials.json."""
+    trial.set_user_attr("constraints", values)
+    for name, value in zip(("retain_floor", "perplexity_rise"), values):
+        trial.set_constraint(name, value)
+
+
+# ---- the study -------------------------------------------------------------------------------------
+
+class _Tuner:
+    def __init__(self, base: dict, output: Path, scorer: _Scorer, settings: TuneSettings, progress: bool):
+        self.base_values, self.output, self.scorer, self.settings = base, output, scorer, settings
+        self.model, self.tokenizer = scorer.model, scorer.tokenizer
+        self.progress = progress
+        structure = find_structure(self.model)
+        self.depth, self.width = structure.num_layers, structure.hidden_size
+        base_layer = int(base.get("layer", 7))
+        layers = settings.layers or tuple(sorted({max(0, min(self.depth - 1, base_layer + d)) for d in (-2, 0, 2)}))
+        bad = [layer for layer in layers if not 0 <= layer < self.depth]
+        if bad:
+            raise TuneError(f"layers {bad} are outside the model: it has layers 0..{self.depth - 1}")
+        self.layers = tuple(layers)
+        self.base_layer = base_layer if base_layer in self.layers else self.layers[0]
+        self.max_steps = int(base.get("steps", 150))
+        # Every weight any trial may train, to put back after each trial (pruned runs end without a result).
+        touched = {id(p) for layer in self.layers for i in range(max(0, layer - 2), layer + 1)
+                   for p in structure.layers[i].parameters()}
+        self.backup = {name: p.detach().clone() for name, p in self.model.named_parameters() if id(p) in touched}
+        self.calibrations: dict[int, dict] = {}
+        self.baseline: dict = {}
+
+    def restore(self) -> None:
+        parameters = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.backup.items():
+                parameters[name].copy_(value)
+
+    def calibration(self, layer: int) -> dict:
+        """The scale rule's measurements at ``layer`` (one-step probe run, weights put back)."""
+        if layer not in self.calibrations:
+            values = dict(self.base_values, layer=layer, update_layers=None, steps=1, auto=["lr", "alpha", "coeff"],
+                          method="rmu")
+            try:
+                result = unlearn(make_config(values), model=self.model, tokenizer=self.tokenizer, progress=False)
+            finally:
+                self.restore()
+            self.calibrations[layer] = result.calibration["topics"]
+        return self.calibrations[layer]
+
+    def trial_values(self, params: dict) -> dict:
+        """The unlearning options of a trial's parameters (rule x factors)."""
+        topics = self.calibration(params["layer"])
+        steps = params["steps"]
+        topic_steps = max(1, math.ceil(steps / len(topics)))
+        rule_lr = min(scale.REACH * t["distance"] / (topic_steps * max(t["approach"], 1e-30)) for t in topics)
+        values = dict(self.base_values, method=params["method"], layer=params["layer"], update_layers=None,
+                      steps=steps, lr=scale.significant(params["lr_factor"] * rule_lr),
+                      alpha=[scale.significant(params["alpha_factor"] * t["alpha"]) for t in topics])
+        if params["method"] == "rmu":
+            values["steering_coeff"] = [scale.significant(params["coeff_ratio"] * t["forget_norm"], 4) for t in topics]
+        else:
+            values["beta"] = scale.significant(params["coeff_ratio"], 4)
+        retain_scale = min(t["retain_norm"] for t in topics) / math.sqrt(self.width)
+        values["noise"] = scale.significant(params["noise_ratio"] * retain_scale) if params["noise_ratio"] > 0 else 0.0
+        return values
+
+    def suggest(self, trial) -> dict:
+        return {
+            "method": trial.suggest_categorical("method", list(self.settings.methods)),
+            "layer": trial.suggest_categorical("layer", list(self.layers)),
+            "steps": trial.suggest_int("steps", max(1, self.max_steps // 4), self.max_steps, log=True),
+            "coeff_ratio": trial.suggest_float("coeff_ratio", 1.0, 8.0, log=True),
+            "lr_factor": trial.suggest_float("lr_factor", 0.2, 10.0, log=True),
+            "alpha_factor": trial.suggest_float("alpha_factor", 0.1, 10.0, log=True),
+            "noise_ratio": trial.suggest_float("noise_ratio", 0.0, 0.5),
+        }
+
+    def rule_params(self) -> dict:
+        """The scale rule with no search: the first trial of a new study."""
+        method = self.base_values.get("method", "adaptive")
+        return {"method": method if method in self.settings.methods else self.settings.methods[0],
+                "layer": self.base_layer, "steps": self.max_steps, "coeff_ratio": scale.COEFF_RATIO,
+                "lr_factor": 1.0, "alpha_factor": 1.0, "noise_ratio": 0.0}
+
+    def objective(self, trial) -> float:
+        import optuna
+
+        params = self.suggest(trial)
+        values = self.trial_values(params)
+        trial.set_user_attr("settings", _settings_of(values))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        started = time.perf_counter()
+        middle = max(0, values["steps"] // 2 - 1)
+
+        def report_half_way(record: dict) -> None:
+            if not self.settings.prune or record["step"] != middle or values["steps"] < 4:
+                return
+            scores = self.scorer(with_perplexity=False)
+            trial.set_user_attr("half_way", scores)
+            # One common step (percent of the run) so the pruner compares trials of any length.
+            trial.report(objective_value(scores, self.baseline, self.scorer.chance), HALF_WAY)
+            if trial.should_prune():
+                _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
+                raise optuna.TrialPruned(f"pruned at step {middle}")
+
+        try:
+            config = make_config(values)
+            result = unlearn(config, model=self.model, tokenizer=self.tokenizer, callbacks=(report_half_way,),
+                             progress=False)
+            scores = self.scorer()
+            trial.set_user_attr("health", result.health["verdict"] if result.health else None)
+        except (ConfigError, UnlearnError) as error:
+            trial.set_user_attr("error", str(error))
+            _set_constraints(trial, [1.0])  # a failed run counts as infeasible
+            raise optuna.TrialPruned(f"failed: {error}") from None
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            self.restore()
+        trial.set_user_attr("scores", scores)
+        _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
+        return objective_value(scores, self.baseline, self.scorer.chance)
+
+
+def _settings_of(values: dict) -> dict:
+    keys = ("method", "layer", "steps", "lr", "alpha", "steering_coeff", "beta", "noise")
+    return {k: values[k] for k in keys if k in values and not (k == "steering_coeff" and values["method"] != "rmu")
+            and not (k == "beta" and values["method"] != "adaptive")}
+
+
+def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
+    keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
+    return json.loads(json.dumps({"base": base, "settings": keep, "tasks": tasks}, default=str))
+
+
+def _tune_inputs(arguments: dict) -> list:
+    """The input paths of a study (those of a sweep, and the general text), for rmu.outputs."""
+    return sweep_inputs(arguments) + [arguments.get("general_text")]
+
+
+@writes_folder("tune", inputs=_tune_inputs)
+def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequence, retain_tasks: Sequence,
+         general_text: Sequence[str] | str | Path | None = None, settings: TuneSettings | None = None,
+         model=None, tokenizer=None, progress: bool = True) -> dict:
+    """Run (or continue) a study; returns the summary (also in ``DIR/summary.json``)."""
+    import optuna
+
+    settings = settings or TuneSettings()
+    started = time.perf_counter()
+    values = base.model_dump() if isinstance(base, UnlearnConfig) else dict(base)
+    for key in _TRIAL_OPTIONS:
+        values.pop(key, None)
+    if not values.get("model"):
+        raise TuneError("the base configuration names no model (--model or 'model:' in --config)")
+    bad = [m for m in settings.methods if m not in METHODS]
+    if bad or not settings.methods:
+        raise TuneError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
+    if settings.trials < 1 or settings.seeds < 1:
+        raise TuneError("--trials and --seeds must be at least 1")
+    make_config(values)  # a bad base configuration fails here, before the model is loaded
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    forget, retain = _tasks(forget_tasks, "forget"), _tasks(retain_tasks, "retain")
+    held_out = None
+    if settings.holdout:
+        halves = [split_halves(t) for t in forget], [split_halves(t) for t in retain]
+        forget, retain = [h[0] for h in halves[0]], [h[0] for h in halves[1]]
+        held_out = [h[1] for h in halves[0]], [h[1] for h in halves[1]]
+    general = _general_text(general_text)
+    if model is None:
+        from rmu.engine import resolve_device
+
+        model, tokenizer = load_full_model(values["model"], values.get("dtype", "float32"),
+                                           str(resolve_device(values.get("device", "auto"))),
+                                           values.get("trust_remote_code", False))
+    scorer = _Scorer(model, tokenizer, forget, retain, general, settings)
+    tuner = _Tuner(values, output, scorer, settings, progress)
+
+    storage = settings.storage or f"sqlite:///{(output / STUDY_FILE).resolve()}"
+    with _creation_lock(storage):  # processes starting together must not both create the schema
+        study = optuna.create_study(
+            study_name=settings.study_name, storage=storage, load_if_exists=True, direction="minimize",
+            # TPE reads the constraint values each trial sets (Trial.set_constraint): feasible when <= 0.
+            sampler=optuna.samplers.TPESampler(seed=values.get("seed", 42), n_startup_trials=5),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+        )
+        fingerprint = _fingerprint(values, settings, {"forget": [t.name for t in forget],
+                                                      "retain": [t.name for t in retain]})
+        saved = study.user_attrs.get("fingerprint")
+        if saved is None:
+            study.set_user_attr("fingerprint", fingerprint)
+            study.enqueue_trial(tuner.rule_params())  # a new study starts from the scale rule
+        elif saved != fingerprint:
+            changed = sorted(k for k in set(saved["base"]) | set(fingerprint["base"])
+                             if saved["base"].get(k) != fingerprint["base"].get(k))
+            raise TuneError(f"the study '{settings.study_name}' in {storage} was started with other settings "
+                            f"(differs in: {', '.join(changed) or 'settings or questions'}); use another --output, "
+                            "--storage or --study-name")
+    tuner.baseline = study.user_attrs.get("baseline") or scorer()
+    study.set_user_attr("baseline", tuner.baseline)
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(states=finished))
+    bar = tqdm(total=settings.trials, initial=min(done, settings.trials), desc="tune", unit="trial",
+               disable=not progress)
+
+    def show(study_, trial) -> None:
+        bar.update(1)
+        best = _best_trial(study_)
+        if best is not None:
+            scores = best.user_attrs["scores"]
+            bar.set_postfix(best=f"#{best.number}", forget=f"{scores['forget_accuracy']:.3f}",
+                            retain=f"{scores['retain_accuracy']:.3f}")
+
+    if done < settings.trials:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Each trial's health verdict goes to trials.json; its warnings would bury the progress bar.
+        health_logger = logging.getLogger("rmu.health")
+        level = health_logger.level
+        health_logger.setLevel(logging.ERROR)
+        try:
+            study.optimize(tuner.objective, n_trials=settings.trials - done, timeout=settings.timeout,
+                           callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=finished), show])
+        finally:
+            health_logger.setLevel(level)
+    bar.close()
+    return _write_outputs(study, tuner, held_out, settings, started)
+
+
+def _creation_lock(storage: str):
+    """A file lock beside a SQLite database (Optuna's schema creation races); nothing for servers."""
+    import contextlib
+
+    from filelock import FileLock
+
+    if not storage.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return FileLock(storage.removeprefix("sqlite:///") + ".lock", timeout=600)
+
+
+def _tasks(items: Sequence, what: str) -> list[Task]:
+    if not items:
+        raise TuneError(f"give at least one {what} question file (--{what}-questions)")
+    loaded = []
+    for item in items:
+        try:
+            loaded.append(load_task(item))
+        except (FileNotFoundError, ValueError) as error:
+            raise TuneError(f"{what} questions {item!s}: {error}") from None
+    return loaded
+
+
+def _general_text(source) -> list[str] | None:
+    if source is None:
+        return None
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise TuneError(f"--general-text {path} does not exist")
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        texts = [t for t in source if t.strip()]
+    if not texts:
+        raise TuneError("--general-text holds no text")
+    return texts
+
+
+def _best_trial(study):
+    """The complete, feasible trial with the lowest objective (None when there is none yet)."""
+    import optuna
+
+    feasible = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                if "scores" in t.user_attrs and all(c <= 0 for c in t.user_attrs.get("constraints", [1.0]))]
+    return min(feasible, key=lambda t: (t.value, t.number), default=None)
+
+
+def _least_violating(study):
+    import optuna
+
+    complete = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if "scores" in t.user_attrs]
+    return min(complete, key=lambda t: (sum(max(c, 0) for c in t.user_attrs["constraints"]), t.value), default=None)
+
+
+def _trial_record(trial) -> dict:
+    return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
+            **{k: trial.user_attrs.get(k) for k in ("settings", "scores", "constraints", "half_way", "health",
+                                                   "seconds", "worker", "error")}}
+
+
+def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, started: float) -> dict:
+    trials = [_trial_record(t) for t in study.trials]
+    write_json(tuner.output / TRIALS_FILE, {"study": study.study_name, "baseline": tuner.baseline,
+                                            "chance": tuner.scorer.chance, "trials": trials})
+    best = _best_trial(study)
+    feasible = best is not None
+    best = best or _least_violating(study)
+    summary: dict[str, Any] = {
+        "baseline": tuner.baseline, "chance": tuner.scorer.chance, "feasible": feasible,
+        "trials": {state: sum(t["state"] == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        "max_retain_drop": settings.max_retain_drop, "max_perplexity_rise": settings.max_perplexity_rise,
+        "holdout": settings.holdout,
+    }
+    if best is not None:
+        values = tuner.trial_values(best.params)
+        config = make_config(values)
+        _write_best_yaml(tuner.output / BEST_FILE, config, best, feasible)
+        summary["best"] = _trial_record(best)
+        summary["seeds"] = _rerun_seeds(tuner, values, held_out, settings.seeds)
+    from rmu import plots
+
+    plots.save_figure(plot_pareto(trials, tuner.baseline, tuner.scorer.chance, settings.max_retain_drop,
+                                  best.number if best is not None else None), tuner.output / PARETO_FILE)
+    summary["minutes"] = round((time.perf_counter() - started) / 60, 2)
+    write_json(tuner.output / SUMMARY_FILE, summary)
+    return summary
+
+
+def _write_best_yaml(path: Path, config: UnlearnConfig, trial, feasible: bool) -> None:
+    values = {k: v for k, v in config.model_dump().items() if k not in ("output", "overwrite", "resume", "auto")}
+    note = "" if feasible else " NO TRIAL MET THE CONSTRAINT: these are the least violating settings.\n#"
+    header = (f"# rmu tune: trial {trial.number}, objective {trial.value:.4f}.{note}\n"
+              "# Run it with: rmu unlearn --config best.yaml --output OUT\n")
+    path.write_text(header + yaml.safe_dump(values, sort_keys=False))
+
+
+def _rerun_seeds(tuner: _Tuner, values: dict, held_out, seeds: int) -> dict:
+    """The best settings on ``seeds`` seeds (seed, seed+1, ...): scores, and their mean and std."""
+    first = int(values.get("seed", 42))
+    holdout_scorer = None
+    if held_out is not None:
+        holdout_scorer = _Scorer(tuner.model, tuner.tokenizer, held_out[0], held_out[1], None, tuner.settings)
+        tuner.baseline_holdout = holdout_scorer(with_perplexity=False)
+    runs = []
+    for seed in range(first, first + seeds):
+        try:
+            unlearn(make_config(dict(values, seed=seed)), model=tuner.model, tokenizer=tuner.tokenizer, progress=False)
+            run = {"seed": seed, **tuner.scorer()}
+            if holdout_scorer is not None:
+                run["holdout"] = holdout_scorer(with_perplexity=False)
+        finally:
+            tuner.restore()
+        runs.append(run)
+    out: dict[str, Any] = {"runs": runs, **_mean_std(runs)}
+    if holdout_scorer is not None:
+        out["holdout_baseline"] = tuner.baseline_holdout
+        out["holdout"] = _mean_std([r["holdout"] for r in runs])
+    return out
+
+
+def _mean_std(runs: list[dict]) -> dict:
+    keys = [k for k in ("forget_accuracy", "retain_accuracy", "perplexity") if all(k in r for r in runs)]
+    return {k: {"mean": statistics.fmean(r[k] for r in runs),
+                "std": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
+
+
+def plot_pareto(trials: list[dict], baseline: dict, chance: float, max_retain_drop: float, best: int | None):
+    """Forget against retain accuracy of every scored trial; the constraint and the best trial marked."""
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6, 4.5))
+    scored = [t for t in trials if t.get("scores")]
+    floor = baseline["retain_accuracy"] - max_retain_drop
+    for feasible, colour, label in ((True, "C0", "feasible"), (False, "C3", "violates the constraint")):
+        group = [t for t in scored if all(c <= 0 for c in t["constraints"]) == feasible]
+        ax.scatter([t["scores"]["forget_accuracy"] for t in group], [t["scores"]["retain_accuracy"] for t in group],
+                   c=colour, label=label, alpha=0.8)
+    ax.axhline(floor, color="grey", linestyle="--", label=f"retain floor (base - {max_retain_drop:g})")
+    ax.axvline(chance, color="grey", linestyle=":", label="chance")
+    ax.scatter([baseline["forget_accuracy"]], [baseline["retain_accuracy"]], marker="s", c="k", label="base model")
+    chosen = [t for t in scored if t["number"] == best]
+    if chosen:
+        ax.scatter([chosen[0]["scores"]["forget_accuracy"]], [chosen[0]["scores"]["retain_accuracy"]], marker="*",
+                   s=250, c="gold", edgecolors="k", label=f"best (trial {best})", zorder=5)
+    ax.set_xlabel("forget accuracy (lower is better, down to chance)")
+    ax.set_ylabel("retain accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"rmu tune: {len(scored)} scored trials")
+    return figure

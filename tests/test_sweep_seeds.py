@@ -1,0 +1,73 @@
+"""rmu sweep --seeds K: every point on K seeds, mean and std in sweep.json and the table, error bars drawn."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from rmu import plots
+from rmu.analysis import sweep_layers
+from rmu.cli.sweep import command as sweep_command
+from rmu.testing import save_tiny_model, tiny_model
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seeds")
+    save_tiny_model(folder / "model", "llama", num_layers=4)
+    (folder / "forget.jsonl").write_text("".join(
+        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(8)))
+    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(8)))
+    questions = [{"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"], "answer": i % 4}
+                 for i in range(4)]
+    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return folder
+
+
+def test_coeff_sweep_on_two_seeds_reports_mean_and_std(workspace, tmp_path):
+    out = tmp_path / "coeff"
+    args = ["coeff", "--values", "2,20", "--model", str(workspace / "model"), "--forget", f"f={workspace / 'forget.jsonl'}",
+            "--retain", str(workspace / "retain.txt"), "--layer", "2", "--steps", "3", "--batch-size", "2",
+            "--min-len", "0", "--max-len", "32", "--lr", "1e-2", "--seed", "7", "--device", "cpu",
+            "--forget-task", str(workspace / "questions.jsonl"), "--retain-task", str(workspace / "questions.jsonl"),
+            "--scoring", "completion", "--seeds", "2", "--output", str(out), "--quiet"]
+    result = CliRunner().invoke(sweep_command, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["settings"]["seeds"] == 2
+    for point in data["points"]:
+        runs = point["seeds"]
+        assert [r["seed"] for r in runs] == [7, 8]
+        for name in ("forget_accuracy", "retain_accuracy", "cosine"):
+            values = [r[name] for r in runs]
+            assert point[name] == pytest.approx(statistics.fmean(values))
+            assert point[f"{name}_std"] == pytest.approx(statistics.stdev(values))
+        # Different seeds, different control vectors: the cosine with u differs between the runs.
+        assert runs[0]["cosine"] != runs[1]["cosine"]
+        assert (out / "runs" / f"rmu_steering_coeff{point['value']:g}_seed8" / "run.json").is_file()
+    assert "+-" in (out / "table.md").read_text()
+    figure = plots.plot_coeff_sweep(data)
+    bars = [c for c in figure.axes[0].containers if getattr(c, "has_yerr", False)]
+    assert len(bars) == 2  # forget and retain, each with error bars
+    # A rerun with another number of seeds is a different sweep.
+    again = CliRunner().invoke(sweep_command, [a if a != "2" or i != args.index("--seeds") + 1 else "3"
+                                               for i, a in enumerate(args)])
+    assert again.exit_code != 0 and "seeds" in again.output
+
+
+def test_layer_sweep_with_one_seed_is_unchanged(workspace, tmp_path):
+    model, tokenizer = tiny_model("llama", num_layers=4)
+    base = dict(model=str(workspace / "model"), forget={"f": str(workspace / "forget.jsonl")},
+                retain=[str(workspace / "retain.txt")], steps=2, batch_size=2, min_len=0, max_len=32, device="cpu")
+    data = sweep_layers(base, [2], tmp_path / "l", forget_tasks=[workspace / "questions.jsonl"],
+                        retain_tasks=[workspace / "questions.jsonl"], methods=["rmu"], model=model, tokenizer=tokenizer,
+                        progress=False, plot=False)
+    assert "seeds" not in data["settings"] and "seeds" not in data["points"][0]
+    assert "forget_accuracy_std" not in data["points"][0]
+    two = sweep_layers(base, [2], tmp_path / "l2", forget_tasks=[workspace / "questions.jsonl"],
+                       retain_tasks=[workspace / "questions.jsonl"], methods=["rmu"], model=model, tokenizer=tokenizer,
+                       progress=False, seeds=2)
+    assert len(two["points"][0]["seeds"]) == 2 and "forget_accuracy_std" in two["points"][0]

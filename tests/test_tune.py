@@ -1,0 +1,138 @@
+"""rmu tune on tiny models: a short study, its outputs, resume, two processes on one SQLite study."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rmu.cli.tune import command as tune_command
+from rmu.cli.unlearn import command as unlearn_command
+from rmu.tasks import load_task
+from rmu.testing import save_tiny_model
+from rmu.tune import TuneError, TuneSettings, split_halves, tune
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    save_tiny_model(folder / "model", "llama", num_layers=4)
+    (folder / "forget.jsonl").write_text("".join(
+        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(16)))
+    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(16)))
+    forget = [{"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"], "answer": i % 4}
+              for i in range(6)]
+    retain = [{"question": f"The capital of country {i} is", "choices": ["Paris", "Rome", "Oslo", "Bern"],
+               "answer": (i + 1) % 4} for i in range(6)]
+    (folder / "forget_q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in forget))
+    (folder / "retain_q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in retain))
+    (folder / "general.txt").write_text("The quick brown fox jumps over the lazy dog.\nParis is a city.\n")
+    return folder
+
+
+def cli_args(workspace, output, *extra):
+    return ["--model", str(workspace / "model"), "--forget", f"f={workspace / 'forget.jsonl'}",
+            "--retain", str(workspace / "retain.txt"), "--forget-questions", str(workspace / "forget_q.jsonl"),
+            "--retain-questions", str(workspace / "retain_q.jsonl"), "--layer", "2", "--layers", "1,2",
+            "--steps", "4", "--batch-size", "2", "--min-len", "0", "--max-len", "32", "--retain-max-len", "32",
+            "--device", "cpu", "--scoring", "completion", "--output", str(output), "--quiet", *extra]
+
+
+def test_three_trial_study_writes_every_output_and_best_yaml_runs(workspace, tmp_path):
+    out = tmp_path / "study"
+    result = CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "3", "--seeds", "2",
+                                                       "--general-text", str(workspace / "general.txt")))
+    assert result.exit_code == 0, result.output
+    trials = json.loads((out / "trials.json").read_text())
+    assert len(trials["trials"]) == 3
+    first = trials["trials"][0]
+    # The study starts from the scale rule: factors 1, coefficient ratio 2, the given layer and steps.
+    assert first["params"] == {"method": "adaptive", "layer": 2, "steps": 4, "coeff_ratio": 2.0, "lr_factor": 1.0,
+                               "alpha_factor": 1.0, "noise_ratio": 0.0}
+    for trial in trials["trials"]:
+        assert trial["state"] in ("COMPLETE", "PRUNED") and trial["seconds"] > 0
+        assert set(trial["settings"]) >= {"method", "layer", "steps", "lr", "alpha", "noise"}
+        if trial["state"] == "COMPLETE":
+            assert set(trial["scores"]) == {"forget_accuracy", "retain_accuracy", "perplexity"}
+            assert len(trial["constraints"]) == 2  # retain floor and perplexity rise
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"]["perplexity"] > 0 and summary["chance"] == 0.25
+    assert [r["seed"] for r in summary["seeds"]["runs"]] == [42, 43]
+    assert set(summary["seeds"]["forget_accuracy"]) == {"mean", "std"}
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "study.db").is_file()
+    import optuna
+
+    study = optuna.load_study(study_name="rmu-tune", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.trials[0].intermediate_values.keys() == {50}  # half way, comparable across run lengths
+
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    chosen = summary["best"]["settings"]
+    assert best["lr"] == chosen["lr"] and best["method"] == chosen["method"] and best["layer"] == chosen["layer"]
+    assert best["model"] == str(workspace / "model") and best["forget"] == {"f": str(workspace / "forget.jsonl")}
+    run = CliRunner().invoke(unlearn_command, ["--config", str(out / "best.yaml"), "--output", str(tmp_path / "run"),
+                                               "--quiet"])
+    assert run.exit_code == 0, run.output
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["config"]["lr"] == chosen["lr"] and saved["config"]["steps"] == chosen["steps"]
+    assert saved["health"]["verdict"]
+
+
+def test_a_rerun_continues_the_study_and_other_settings_are_refused(workspace, tmp_path):
+    out = tmp_path / "study"
+    assert CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "2")).exit_code == 0
+    result = CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "4"))
+    assert result.exit_code == 0, result.output
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    # The same total again runs nothing new.
+    assert CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "4")).exit_code == 0
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 4
+    changed = CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "5", "--batch-size", "4"))
+    assert changed.exit_code != 0 and "other settings" in changed.output and "batch_size" in changed.output
+
+
+def test_two_processes_share_one_sqlite_study(workspace, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
+    workers = [subprocess.Popen([sys.executable, "-m", "rmu", "tune",
+                                 *cli_args(workspace, tmp_path / f"worker{i}", "--trials", "4", "--storage", storage,
+                                           "--no-pruning")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    lists = [json.loads((tmp_path / f"worker{i}" / "trials.json").read_text())["trials"] for i in range(2)]
+    finished = [t for t in max(lists, key=len) if t["state"] == "COMPLETE"]
+    # One study: --trials is the total of both processes (8 if each had counted its own; at most
+    # one more than 4 when both start a trial at once), with unique numbers.
+    assert 4 <= len(finished) <= 5
+    assert len({t["number"] for t in finished}) == len(finished)
+    # Every trial was run by one of the two processes (which of them ran how many is up to timing).
+    pids = {str(w.pid) for w in workers}
+    assert {t["worker"].rsplit(":", 1)[1] for t in finished} <= pids
+
+
+def test_holdout_reports_the_other_half(workspace, tmp_path):
+    tune_half, held_out = split_halves(load_task(workspace / "forget_q.jsonl"))
+    assert len(tune_half) == 3 and len(held_out) == 3
+    assert set(tune_half.questions).isdisjoint(held_out.questions)
+    summary = tune({"model": str(workspace / "model"), "forget": {"f": str(workspace / "forget.jsonl")},
+                    "retain": [str(workspace / "retain.txt")], "layer": 2, "steps": 4, "batch_size": 2, "min_len": 0,
+                    "max_len": 32, "retain_max_len": 32, "device": "cpu"}, tmp_path / "h",
+                   forget_tasks=[workspace / "forget_q.jsonl"], retain_tasks=[workspace / "retain_q.jsonl"],
+                   settings=TuneSettings(trials=1, holdout=True, scoring="completion", layers=(2,)), progress=False)
+    assert "forget_accuracy" in summary["seeds"]["holdout"] and "holdout_baseline" in summary["seeds"]
+
+
+def test_bad_input_fails_early(workspace, tmp_path):
+    with pytest.raises(TuneError, match="outside the model"):
+        tune({"model": str(workspace / "model"), "forget": {"f": str(workspace / "forget.jsonl")},
+              "retain": [str(workspace / "retain.txt")], "min_len": 0, "device": "cpu"}, tmp_path / "x",
+             forget_tasks=[workspace / "forget_q.jsonl"], retain_tasks=[workspace / "retain_q.jsonl"],
+             settings=TuneSettings(trials=1, layers=(9,)), progress=False)
