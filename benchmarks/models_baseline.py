@@ -4,6 +4,9 @@ forget-keyword attack on the retain questions, for the base and each unlearned m
     nice -n 10 python benchmarks/models_baseline.py --model gemma3-270m --topic animals \\
         --output runs/models/gemma3-270m-animals
 
+Then ``python benchmarks/models_baseline.py --summarize runs/models/*`` prints the table of
+docs/models.md and writes ``docs/models.json`` (every run's results).
+
 Runs exactly ``rmu demo --model M --topic T --output OUT`` (the same settings, seed and numbers;
 ``rmu.demo.run.DEFAULT``: layer 7, 75 steps, lr 3e-3, alpha 300, RMU c 6.5, Adaptive RMU beta 2)
 and adds to each model's scores in ``OUT/results.json``: ``retain_with_keyword``, the retain
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+from pathlib import Path
 
 from rmu.attacks.keywords import insert_keywords
 from rmu.demo.model import DEMO_MODELS
@@ -40,13 +45,46 @@ def keyword_measure(template: str, scoring: str):
     return measure
 
 
+NAMES = {"base": "base", "rmu": "RMU c 6.5", "adaptive": "Adaptive RMU beta 2"}
+
+
+def summarize(folders: list[str], json_path: Path) -> str:
+    """A markdown table of the runs' results; all results saved to ``json_path``."""
+    runs = {}
+    lines = ["| model | topic | setting | forget acc | retain acc | retain acc with keyword | perplexity | "
+             "coefficient | unlearning time |", "|---|---|---|---|---|---|---|---|---|"]
+    for folder in map(Path, folders):
+        results = json.loads((folder / "results.json").read_text())
+        runs[folder.name] = results
+        for key, scores in results["models"].items():
+            keyword = scores.get("retain_with_keyword")
+            coefficient, seconds = "-", "-"
+            if key != "base":
+                coefficients = json.loads((folder / f"run_{key}.json").read_text())["coefficients"]
+                coefficient = ", ".join("-" if v is None else f"{v:.4g}" for v in coefficients.values())
+                seconds = f"{scores['unlearn_seconds']:.0f} s"
+            lines.append(f"| {results['model_name']} | {results['topic']['name']} | {NAMES[key]} | "
+                         f"{scores['forget_accuracy']:.3f} | {scores['retain_accuracy']:.3f} | "
+                         f"{'-' if keyword is None else f'{keyword:.3f}'} | {scores['general_perplexity']:.2f} | "
+                         f"{coefficient} | {seconds} |")
+    json_path.write_text(json.dumps(runs, indent=2) + "\n")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=list(DEMO_MODELS), required=True)
-    parser.add_argument("--topic", choices=list(TOPICS), required=True)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--model", choices=list(DEMO_MODELS))
+    parser.add_argument("--topic", choices=list(TOPICS))
+    parser.add_argument("--output")
     parser.add_argument("--no-keywords", action="store_true", help="Only the demo's numbers.")
+    parser.add_argument("--summarize", nargs="+", metavar="RUN_FOLDER", help="Print the table of these runs.")
+    parser.add_argument("--json", default="docs/models.json", help="Where --summarize writes all results.")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize, Path(args.json)))
+        return
+    if not (args.model and args.topic and args.output):
+        parser.error("give --model, --topic and --output (or --summarize RUN_FOLDER ...)")
     settings = dataclasses.replace(DEFAULT)
     extra = None if args.no_keywords else keyword_measure(TEMPLATES[args.topic], settings.scoring)
     run_demo(args.output, settings=settings, model=args.model, topic=args.topic, extra_measure=extra)
