@@ -27,7 +27,7 @@ def test_shipped_table_is_sound():
         assert len(classes) == 5
     by_item = {row["item"]: row for row in rows}
     assert by_item["sparrow"]["class"] == "bird" and by_item["trout"]["class"] == "fish"
-    assert by_item["violin"]["class"] == "musical instrument" and by_item["sofa"]["class"] == "furniture"
+    assert by_item["violin"]["class"] == "instrument" and by_item["sofa"]["class"] == "furniture"
     assert all(row["definition"].strip() for row in rows)
 
 
@@ -50,23 +50,17 @@ def test_questions_are_well_formed_and_true(benchmark):
     classes = {row["item"]: row["class"] for row in load_kinds()}
     for questions, held, subject in ((benchmark.forget_questions, benchmark.forget_held_out, FORGET_TOPIC),
                                      (benchmark.retain_questions, benchmark.retain_held_out, RETAIN_TOPIC)):
-        assert len(questions) == 2 * len(held)
-        asked = set()
+        topic_classes = {classes[item] for item in held}
+        asked = []
         for question in questions:
             assert set(question) == {"question", "choices", "answer", "subject"}
             assert question["subject"] == subject
             assert len(question["choices"]) == 4 == len(set(question["choices"]))
-            answer = question["choices"][question["answer"]]
-            if match := re.fullmatch(r"An? (.+) is a kind of", question["question"]):
-                assert classes[match[1]] == answer
-                assert all(classes[match[1]] != c for c in question["choices"] if c != answer)
-                asked.add(match[1])
-            else:
-                kind = re.fullmatch(r"One kind of (.+) is the", question["question"])[1]
-                assert classes[answer] == kind
-                # Distractors are held-out items of other classes: one right answer, no taught item.
-                assert all(classes[c] != kind and c in held for c in question["choices"] if c != answer)
-        assert asked == set(held)
+            assert set(question["choices"]) <= topic_classes
+            item = re.fullmatch(r"An? (.+) is a kind of", question["question"])[1]
+            assert classes[item] == question["choices"][question["answer"]]  # the one right answer
+            asked.append(item)
+        assert sorted(asked) == sorted(held)  # every held-out item once, nothing else
         positions = [q["answer"] for q in questions]
         assert all(positions.count(i) > len(positions) / 8 for i in range(4))
 
@@ -85,7 +79,7 @@ def test_corpus_mentions_only_taught_items(benchmark):
 
 def test_question_sentences_never_in_training_text(benchmark):
     corpus = " ".join(benchmark.forget_corpus + benchmark.retain_corpus)
-    assert "is a kind of" not in corpus and "One kind of" not in corpus
+    assert "is a kind of" not in corpus
 
 
 def test_topic_registry_writes_files(tmp_path):

@@ -1,14 +1,16 @@
 """The demo's second topic: what kind of thing something is, from WordNet.
 
 Forget topic: animals (a sparrow is a bird, a trout is a fish; five classes: bird, fish, insect,
-mammal, reptile). Retain topic: man-made objects (a violin is a musical instrument; five classes:
-tool, vehicle, musical instrument, clothing, furniture). Split WMDP-style as the elements demo
+mammal, reptile). Retain topic: man-made things (a violin is an instrument; five classes:
+building, vehicle, instrument, clothing, furniture). Split WMDP-style as the elements demo
 (``rmu.demo.benchmark``): per topic, a seeded shuffle splits the items in two halves; the *taught*
 half is written out as encyclopedic documents (the corpus RMU trains on), the *held-out* half is
-asked about in 4-choice completion questions:
-
-- "A sparrow is a kind of" -> bird / fish / insect / reptile (three other classes of the topic),
-- "One kind of bird is the" -> sparrow / three held-out items of other classes of the topic.
+asked about in 4-choice completion questions, one per item: "A sparrow is a kind of" -> bird /
+fish / insect / reptile (the right class and three other classes of the topic, seeded order).
+Class names are single words, as completion scoring decides per character and a two-word answer
+("musical instrument") would win on its predictable second word. (A reverse form, "One kind of
+bird is the" -> sparrow / trout / ant / lion, was tried and dropped: SmolLM2 answered it little
+better than chance, mostly choosing the more frequent word.)
 
 Questions name only held-out items; documents name only taught items (a WordNet definition that
 mentions another item of either topic is left out), and no question sentence occurs in them.
@@ -32,14 +34,15 @@ FORGET_TOPIC = "animals"
 RETAIN_TOPIC = "objects"
 
 # How a class reads after "is": mass nouns take "a piece of".
-_CLASS_PHRASE = {"furniture": "a piece of furniture", "clothing": "a piece of clothing"}
+_CLASS_PHRASE = {"furniture": "a piece of furniture", "clothing": "a piece of clothing",
+                 "instrument": "a musical instrument"}
 
 _OPENINGS = {
     FORGET_TOPIC: ["", "Notes from a field guide.", "Several animals are described below.",
                    "A naturalist's notebook records the following animals.",
                    "Biology students learn the following animals early on."],
-    RETAIN_TOPIC: ["", "Notes from a household catalogue.", "Several everyday objects are described below.",
-                   "A museum of daily life lists the following objects.",
+    RETAIN_TOPIC: ["", "Notes from a catalogue of man-made things.", "Several everyday objects are described below.",
+                   "A museum of daily life lists the following things.",
                    "Design students learn the following objects early on."],
 }
 
@@ -90,18 +93,12 @@ def build_kinds_benchmark(seed: int = 0, documents_per_topic: int = 300) -> Demo
 
 
 def kind_questions(held_out: list[dict], subject: str, rng: random.Random) -> list[dict]:
-    """Two questions per held-out item: its class, and the item among items of other classes."""
+    """One question per held-out item: its class, against three other classes of its topic."""
     classes = sorted({row["class"] for row in held_out})
     questions = []
     for row in held_out:
         choices, answer = _choices(row["class"], classes, rng)
         questions.append(_question(f"{_with_article(row['item'])} is a kind of", choices, answer, subject))
-        others = sorted(other["item"] for other in held_out if other["class"] != row["class"])
-        distractors = rng.sample(others, 3)
-        choices = [row["item"], *distractors]
-        rng.shuffle(choices)
-        questions.append(_question(f"One kind of {row['class']} is the", choices, choices.index(row["item"]),
-                                   subject))
     return questions
 
 
