@@ -7,10 +7,11 @@ building, vehicle, instrument, clothing, furniture). Split WMDP-style as the ele
 half is written out as encyclopedic documents (the corpus RMU trains on), the *held-out* half is
 asked about in 4-choice completion questions, one per item: "A sparrow is a kind of" -> bird /
 fish / insect / reptile (the right class and three other classes of the topic, seeded order).
-Class names are single words, as completion scoring decides per character and a two-word answer
-("musical instrument") would win on its predictable second word. (A reverse form, "One kind of
-bird is the" -> sparrow / trout / ant / lion, was tried and dropped: SmolLM2 answered it little
-better than chance, mostly choosing the more frequent word.)
+Class names are single words: completion scoring decides per character, which favours a long
+answer with a predictable tail ("musical instrument"). Tried and dropped while choosing the topic
+(SmolLM2, base): a reverse form, "One kind of bird is the" -> sparrow / trout / ant / lion, answered
+at about 0.45; and a "tool" class beside "instrument", which took retain accuracy to 0.72 (tools
+were called instruments, which they also are).
 
 Questions name only held-out items; documents name only taught items (a WordNet definition that
 mentions another item of either topic is left out), and no question sentence occurs in them.
@@ -70,12 +71,11 @@ def load_kinds() -> list[dict]:
 def build_kinds_benchmark(seed: int = 0, documents_per_topic: int = 300) -> DemoBenchmark:
     """Build the animals/objects benchmark deterministically from ``kinds.tsv``."""
     rows = load_kinds()
-    names = [row["item"] for row in rows]
+    paragraph = _paragraph_writer([row["item"] for row in rows])
     parts = {}
     for topic in (FORGET_TOPIC, RETAIN_TOPIC):
         items = [row for row in rows if row["topic"] == topic]
         taught, held = _split_half(items, _rng(seed, f"split {topic}"))
-        paragraph = _paragraph_writer(names)
         parts[topic] = dict(
             corpus=_corpus(taught, paragraph, _OPENINGS[topic], documents_per_topic, (2, 3),
                            _rng(seed, f"{topic} corpus")),
