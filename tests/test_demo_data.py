@@ -137,3 +137,27 @@ def test_smollm2_converted_folder_loads_and_knows_a_fact():
     with torch.no_grad():
         next_token = model(**inputs).logits[0, -1].argmax().item()
     assert tokenizer.decode(next_token).strip() == "Au"
+
+
+def _gemma_converted() -> bool:
+    from rmu.demo.model import GEMMA3_270M
+
+    return (cache_dir() / "models" / GEMMA3_270M.folder_name / "config.json").exists()
+
+
+@pytest.mark.skipif(not _gemma_converted(), reason="Gemma 3 270M not converted in the rmu cache")
+def test_gemma3_converted_folder_loads_and_knows_a_fact():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rmu.demo import gemma3_270m_path
+
+    folder = gemma3_270m_path(progress=False)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
+    assert inputs.input_ids[0, 0].item() == tokenizer.bos_token_id  # Gemma's tokenizer adds BOS
+    with torch.no_grad():
+        next_token = model(**inputs).logits[0, -1].argmax().item()
+    assert tokenizer.decode(next_token).strip() == "Au"
