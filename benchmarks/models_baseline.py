@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--topic", choices=list(TOPICS))
     parser.add_argument("--output")
     parser.add_argument("--no-keywords", action="store_true", help="Only the demo's numbers.")
+    parser.add_argument("--adaptive-first", action="store_true",
+                        help="Run Adaptive RMU before RMU (each starts from the base weights: same numbers).")
     parser.add_argument("--summarize", nargs="+", metavar="RUN_FOLDER", help="Print the table of these runs.")
     parser.add_argument("--json", default="docs/models.json", help="Where --summarize writes all results.")
     args = parser.parse_args()
@@ -87,7 +89,9 @@ def main() -> None:
         parser.error("give --model, --topic and --output (or --summarize RUN_FOLDER ...)")
     settings = dataclasses.replace(DEFAULT)
     extra = None if args.no_keywords else keyword_measure(TEMPLATES[args.topic], settings.scoring)
-    run_demo(args.output, settings=settings, model=args.model, topic=args.topic, extra_measure=extra)
+    methods = ("adaptive", "rmu") if args.adaptive_first else ("rmu", "adaptive")
+    run_demo(args.output, settings=settings, model=args.model, topic=args.topic, extra_measure=extra,
+             methods=methods)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ def test_demo_pipeline_on_the_second_topic_with_an_extra_measure(tmp_path):
         return {"extra_score": 0.5}
 
     results = run_demo(tmp_path / "report", settings=settings, model_dir=model_dir, progress=False,
-                       topic="animals", extra_measure=extra)
-    assert results["topic"]["name"] == "animals" and len(seen) == 3
+                       topic="animals", extra_measure=extra, methods=("adaptive",))
+    assert results["topic"]["name"] == "animals" and len(seen) == 2
+    assert list(results["models"]) == ["base", "adaptive"]
+    assert not (tmp_path / "report" / "results.partial.json").exists()  # only while the run is going
     assert all(scores["extra_score"] == 0.5 for scores in results["models"].values())
     run = json.loads((tmp_path / "report" / "run_adaptive.json").read_text())
     assert list(run["config"]["forget"]) == ["animals"]

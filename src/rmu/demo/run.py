@@ -68,7 +68,8 @@ def measure(model, tokenizer, tasks: dict, general_text: list[str], settings: De
 
 def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: bool = True,
              settings: DemoSettings | None = None, model_dir: str | Path | None = None,
-             model: str = DEFAULT_MODEL, topic: str = DEFAULT_TOPIC, extra_measure=None) -> dict:
+             model: str = DEFAULT_MODEL, topic: str = DEFAULT_TOPIC, extra_measure=None,
+             methods: tuple[str, ...] = ("rmu", "adaptive")) -> dict:
     """Run the whole demo and write its report folder; returns the results dictionary.
 
     ``model`` names a demo model (``rmu.demo.model.DEMO_MODELS``), ``topic`` a demo topic
@@ -76,6 +77,9 @@ def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: boo
     folder (the tests use a tiny model). ``extra_measure(model, tokenizer, benchmark)``, when given,
     is called on the base model and on each unlearned one; the scores it returns (a dictionary) join
     that model's scores (``benchmarks/models_baseline.py`` adds the keyword attack this way).
+    ``methods`` run in the order given, each from the base weights. Until the report is complete,
+    the scores measured so far are kept in ``results.partial.json`` (removed at the end), so a long
+    run stopped part way still shows what it measured.
     """
     spec, topic_spec = demo_model(model), demo_topic(topic)  # unknown names fail before any work
     settings = settings or (QUICK if quick else DEFAULT)
@@ -96,8 +100,10 @@ def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: boo
     models = {"base": measure(model, tokenizer, tasks, benchmark.general_text, settings, progress)}
     if extra_measure:
         models["base"].update(extra_measure(model, tokenizer, benchmark))
+    partial = output / "results.partial.json"
+    partial.write_text(json.dumps({"models": models}, indent=2))
     runs = {}
-    for method in ("rmu", "adaptive"):
+    for method in methods:
         say(f"unlearning with {'RMU' if method == 'rmu' else 'Adaptive RMU'} ...")
         config = make_config(dict(
             model=str(model_dir), forget={topic_spec.forget_name: str(paths["forget_corpus"])},
@@ -113,6 +119,7 @@ def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: boo
         models[method]["unlearn_seconds"] = round(result.seconds, 1)
         runs[method] = {"config": config.model_dump(), "coefficients": result.coefficients, "steps": result.records}
         (output / f"run_{method}.json").write_text(json.dumps(runs[method], indent=2))
+        partial.write_text(json.dumps({"models": models}, indent=2))
         result.restore_original()  # the next method starts from the base weights
 
     results = {
@@ -130,6 +137,7 @@ def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: boo
     (output / "results.json").write_text(json.dumps(results, indent=2))
     accuracy_chart(results, output / "accuracy.png")
     (output / "report.md").write_text(markdown_report(results))
+    partial.unlink()
     say(f"report written to {output}/report.md ({results['seconds']:.0f} s in all)")
     return results
 
