@@ -49,13 +49,15 @@ NAMES = {"base": "base", "rmu": "RMU c 6.5", "adaptive": "Adaptive RMU beta 2"}
 
 
 def summarize(folders: list[str], json_path: Path) -> str:
-    """A markdown table of the runs' results; all results saved to ``json_path``."""
+    """A markdown table of the runs' results (rows named by run folder; a run stopped part way is
+    read from its ``results.partial.json`` and marked); all results saved to ``json_path``."""
     runs = {}
-    lines = ["| model | topic | setting | forget acc | retain acc | retain acc with keyword | perplexity | "
-             "coefficient | unlearning time |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run (model-topic) | setting | forget acc | retain acc | retain acc with keyword | perplexity | "
+             "coefficient | unlearning time |", "|---|---|---|---|---|---|---|---|"]
     for folder in map(Path, folders):
-        results = json.loads((folder / "results.json").read_text())
-        runs[folder.name] = results
+        complete = (folder / "results.json").exists()
+        results = json.loads((folder / ("results.json" if complete else "results.partial.json")).read_text())
+        runs[folder.name] = results | {"complete": complete}
         for key, scores in results["models"].items():
             keyword = scores.get("retain_with_keyword")
             coefficient, seconds = "-", "-"
@@ -63,10 +65,10 @@ def summarize(folders: list[str], json_path: Path) -> str:
                 coefficients = json.loads((folder / f"run_{key}.json").read_text())["coefficients"]
                 coefficient = ", ".join("-" if v is None else f"{v:.4g}" for v in coefficients.values())
                 seconds = f"{scores['unlearn_seconds']:.0f} s"
-            lines.append(f"| {results['model_name']} | {results['topic']['name']} | {NAMES[key]} | "
-                         f"{scores['forget_accuracy']:.3f} | {scores['retain_accuracy']:.3f} | "
-                         f"{'-' if keyword is None else f'{keyword:.3f}'} | {scores['general_perplexity']:.2f} | "
-                         f"{coefficient} | {seconds} |")
+            name = folder.name if complete else f"{folder.name} (stopped part way)"
+            lines.append(f"| {name} | {NAMES[key]} | {scores['forget_accuracy']:.3f} | "
+                         f"{scores['retain_accuracy']:.3f} | {'-' if keyword is None else f'{keyword:.3f}'} | "
+                         f"{scores['general_perplexity']:.2f} | {coefficient} | {seconds} |")
     json_path.write_text(json.dumps(runs, indent=2) + "\n")
     return "\n".join(lines)
 

