@@ -27,7 +27,6 @@ def command(quick: bool, output: str, model: str, topic: str, data_only: bool, s
             quiet: bool) -> None:
     """Unlearn a topic from a real pretrained model, offline, and report before/after."""
     import dataclasses
-    from pathlib import Path
 
     if data_only:
         from rmu.demo.topics import write_topic
