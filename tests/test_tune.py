@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rmu.cli.tune import command as tune_command
+from rmu.cli import main
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.tasks import load_task
 from rmu.testing import save_tiny_model
@@ -44,9 +44,14 @@ def cli_args(workspace, output, *extra):
             "--device", "cpu", "--scoring", "completion", "--output", str(output), "--quiet", *extra]
 
 
+def tune_args(*args) -> list[str]:
+    """``rmu tune`` through the command group, which turns rmu's errors into one-line messages."""
+    return ["tune", *cli_args(*args)]
+
+
 def test_three_trial_study_writes_every_output_and_best_yaml_runs(workspace, tmp_path):
     out = tmp_path / "study"
-    result = CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "3", "--seeds", "2",
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "3", "--seeds", "2",
                                                        "--general-text", str(workspace / "general.txt")))
     assert result.exit_code == 0, result.output
     trials = json.loads((out / "trials.json").read_text())
@@ -85,15 +90,15 @@ def test_three_trial_study_writes_every_output_and_best_yaml_runs(workspace, tmp
 
 def test_a_rerun_continues_the_study_and_other_settings_are_refused(workspace, tmp_path):
     out = tmp_path / "study"
-    assert CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "2")).exit_code == 0
-    result = CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "4"))
+    assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2")).exit_code == 0
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "4"))
     assert result.exit_code == 0, result.output
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2, 3]
     # The same total again runs nothing new.
-    assert CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "4")).exit_code == 0
+    assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "4")).exit_code == 0
     assert len(json.loads((out / "trials.json").read_text())["trials"]) == 4
-    changed = CliRunner().invoke(tune_command, cli_args(workspace, out, "--trials", "5", "--batch-size", "4"))
+    changed = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "5", "--batch-size", "4"))
     assert changed.exit_code != 0 and "other settings" in changed.output and "batch_size" in changed.output
 
 
