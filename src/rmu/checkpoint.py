@@ -197,5 +197,6 @@ def run_summary(result, structure) -> dict:
         "coefficients": result.coefficients,
         "control_vectors": VECTORS_FILE,
         "seconds": round(result.seconds, 2),
+        "keywords": getattr(result, "keywords", None),  # --keyword-robust (rmu.keywords); keywords.json has it too
         "steps": result.records,
     }

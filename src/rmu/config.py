@@ -68,6 +68,10 @@ class UnlearnConfig(BaseModel):
     full_load: bool = False  # load the whole model instead of layers 0..l only
     gradient_checkpointing: bool = False  # recompute the updated layers in backward (less memory)
     fsdp: bool = False  # shard layers 0..l across ranks with FSDP2 as they are read (under torchrun)
+    # Keyword-robust unlearning (issue #12, rmu.keywords): forget keywords in neutral sentences in retain documents.
+    keyword_robust: bool = False
+    keywords: str | None = None  # keyword file, one a line (default: found from the forget and retain corpora)
+    keyword_fraction: float = 0.5  # share of retain documents that get a keyword sentence
 
     @field_validator("forget", mode="before")
     @classmethod
@@ -126,6 +130,10 @@ class UnlearnConfig(BaseModel):
             raise ValueError("--max-len must be positive")
         if self.noise < 0 or self.save_every < 0:
             raise ValueError("--noise and --save-every must be 0 or more")
+        if self.keywords is not None and not self.keyword_robust:
+            raise ValueError("--keywords is used by --keyword-robust; add --keyword-robust or drop --keywords")
+        if not 0 < self.keyword_fraction <= 1:
+            raise ValueError(f"--keyword-fraction {self.keyword_fraction} must lie in (0, 1]")
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rmu import checkpoint, distributed, rules
+from rmu import checkpoint, distributed, keywords, rules
 from rmu.config import UnlearnConfig
 from rmu.data import TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, tokenize
 from rmu.structure import ModelStructure, find_structure, layer_hidden, select_parameters
@@ -179,6 +179,7 @@ class UnlearnResult:
     loaded_from_source: bool = False  # the engine loaded config.model itself (possibly layers 0..l only)
     # The trained tensors, whole: views of the model's own (gathered copies under FSDP).
     final_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    keywords: dict | None = None  # --keyword-robust: the keywords and augmentation used (rmu.keywords)
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -195,6 +196,7 @@ Callback = Callable[[dict], None]
 class _Corpora:
     forget: list[list[list[str]]]  # topic -> batches -> documents
     retain: list[list[list[str]]]  # topic -> batches -> documents (shared lists when one corpus)
+    keywords: dict | None = None  # what --keyword-robust inserted into the retain documents
 
     def available_steps(self) -> int:
         # As the reference: the shortest list of batches bounds the run.
@@ -210,7 +212,11 @@ def _read_corpora(config: UnlearnConfig) -> _Corpora:
         if source not in retain_cache:
             retain_cache[source] = consecutive_batches(read_corpus(source, config.min_len), config.batch_size)
         retain.append(retain_cache[source])
-    return _Corpora(forget, retain)
+    corpora = _Corpora(forget, retain)
+    if config.keyword_robust:  # issue #12: retain documents that mention forget keywords (rmu.keywords)
+        augmented, summary = keywords.augment_corpora(config, corpora)
+        corpora = _Corpora(augmented.forget, augmented.retain, summary)
+    return corpora
 
 
 def resolve_device(device: str) -> torch.device:
@@ -357,6 +363,7 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
         tensors.master_to_model()
     if ranks.is_main:
         plan.begin(vectors)
+        keywords.save_keywords(plan.output and plan.work, corpora.keywords)
 
     targets = {t: vectors[t].to(device, torch.float32) for t in topics}
     bar = tqdm(range(start, steps), total=steps, initial=start, desc="unlearning", disable=not progress)
@@ -384,6 +391,7 @@ def _unlearn(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module |
         loaded_from_source=loaded_from_source,
         # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
         final_weights={n: distributed.full_tensor(p.detach()) for n, p in tensors.in_model.items()},
+        keywords=corpora.keywords,
     )
     result.seconds = time.perf_counter() - started
     if config.output:

@@ -55,6 +55,12 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
               help="Processes to run data-parallel on this machine (launches torch.distributed.run).")
 @click.option("--fsdp", is_flag=True, default=None,
               help="Shard layers 0..l across processes with FSDP2 as they are read (each rank reads its rows only).")
+@click.option("--keyword-robust/--no-keyword-robust", default=None,
+              help="Train on retain documents that mention forget-topic keywords in neutral sentences, so a forget "
+                   "word in an unrelated prompt no longer triggers the forgetting (default off; see rmu.keywords).")
+@click.option("--keywords", type=click.Path(dir_okay=False),
+              help="--keyword-robust: forget keywords, one a line (default: found from the corpora).")
+@click.option("--keyword-fraction", type=float, help="--keyword-robust: share of retain documents augmented (default 0.5).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""
@@ -74,7 +80,7 @@ def command(config_file, forget, retain, quiet, nproc, **flags):
         if nproc > 1:
             raise SystemExit(_launch(config, nproc, quiet))
         result = unlearn(config, progress=not quiet)
-    except (ConfigError, UnlearnError, ValueError) as error:
+    except (ConfigError, UnlearnError, ValueError) as error:  # KeywordError is a ValueError
         raise click.ClickException(str(error)) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 speaks for the job

@@ -1,0 +1,139 @@
+"""``--keyword-robust`` measured on the demo benchmark: what ``docs/robustness.md`` reports.
+
+``python -m rmu.attacks.keyword_robust_demo OUTPUT [VARIANT ...]`` unlearns SmolLM2 (or
+``--model-dir``) with the settings of ``rmu demo`` (:data:`rmu.demo.run.DEFAULT`) once per variant
+(:data:`VARIANTS`: method x keyword options), in memory from the same base weights, and measures
+each model: forget accuracy (100 questions), retain accuracy (90) and retain accuracy with a forget
+keyword under :data:`EVAL_VARIANTS` (templates and positions none of which ``--keyword-robust``
+trains on), with the keywords of the attack in ``docs/robustness.md`` (element names of the forget
+corpus) and with element names the corpus never mentions (those of the forget questions). Each
+model's numbers go to ``OUTPUT/<variant>.json`` as soon as they exist; variants already written
+are skipped, so an interrupted run resumes. ``OUTPUT/summary.md`` tabulates all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from rmu.attacks.common import accuracy, mean
+from rmu.attacks.keywords import DEFAULT_TEMPLATE, HELD_OUT_TEMPLATES, insert_keywords
+from rmu.config import make_config
+from rmu.demo.benchmark import build_benchmark, write_benchmark
+from rmu.demo.model import smollm2_path
+from rmu.demo.run import DEFAULT as DEMO
+from rmu.engine import unlearn
+from rmu.loading import load_model
+from rmu.tasks import load_task_file
+
+# name -> options added to the demo's unlearning settings (None: the base model)
+VARIANTS = {
+    "base": None,
+    "rmu": {"method": "rmu"},
+    "adaptive": {"method": "adaptive"},
+    "rmu+kr": {"method": "rmu", "keyword_robust": True},
+    "adaptive+kr": {"method": "adaptive", "keyword_robust": True},
+    "adaptive+kr1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0},
+    "adaptive+kr0.25": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 0.25},
+    "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
+    "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
+}
+# (template, position) pairs of the measurement; none is a training template (rmu.keywords).
+EVAL_VARIANTS = (
+    (DEFAULT_TEMPLATE, "before"),
+    *((t, "before") for t in HELD_OUT_TEMPLATES),
+    (HELD_OUT_TEMPLATES[0], "inside"),
+)
+
+
+def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str) -> dict:
+    scores = {role: accuracy(model, tokenizer, task, scoring) for role, task in tasks.items()}
+    for label, keywords in keyword_sets.items():
+        variants = []
+        for template, position in EVAL_VARIANTS:
+            task = insert_keywords(tasks["retain"], keywords, template, seed=0, position=position)
+            value = accuracy(model, tokenizer, task, scoring)
+            variants.append({"template": template, "position": position, "retain_with_keyword": value,
+                             "drop": scores["retain"] - value})
+        scores[f"keywords_{label}"] = {"retain_with_keyword": mean(v["retain_with_keyword"] for v in variants),
+                                       "drop": mean(v["drop"] for v in variants), "variants": variants}
+    return scores
+
+
+def run(output: str | Path, names: list[str] | None = None, model_dir: str | Path | None = None,
+        steps: int | None = None, limit: int | None = None, progress: bool = True) -> dict:
+    """Unlearn and measure each variant of ``names`` (default all); ``steps``, ``limit``: shorter runs (tests)."""
+    torch.set_num_threads(1)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    folder = Path(model_dir) if model_dir else smollm2_path(progress=progress)
+    benchmark = build_benchmark(seed=0)
+    paths = write_benchmark(output / "data", benchmark)
+    tasks = {"forget": load_task_file(paths["forget_questions"], name="forget_questions").head(limit),
+             "retain": load_task_file(paths["retain_questions"], name="retain_questions").head(limit)}
+    keyword_sets = {"taught": benchmark.forget_taught, "unseen": benchmark.forget_held_out}
+    model, tokenizer = load_model(folder)
+    results = {}
+    for name in names or list(VARIANTS):
+        path = output / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            continue
+        options = VARIANTS[name]
+        started = time.perf_counter()
+        entry: dict = {"options": options}
+        if options is not None:
+            config = make_config(dict(
+                model=str(folder), forget={"elements": str(paths["forget_corpus"])},
+                retain=[str(paths["retain_corpus"])], layer=DEMO.layer, steps=steps or DEMO.steps,
+                batch_size=DEMO.batch_size, max_len=DEMO.max_len, retain_max_len=DEMO.max_len, min_len=0, lr=DEMO.lr,
+                alpha=DEMO.alpha, steering_coeff=DEMO.steering_coeff, beta=DEMO.beta,
+                mask_padding=DEMO.mask_padding, seed=DEMO.seed, device="cpu", **options))
+            result = unlearn(config, model=model, tokenizer=tokenizer, progress=progress)
+            entry |= {"coefficients": result.coefficients, "final_forget_loss": result.records[-1]["forget_loss"],
+                      "final_retain_loss": result.records[-1]["retain_loss"], "unlearn_seconds": round(result.seconds, 1),
+                      "keywords_used": len(result.keywords["keywords"]) if result.keywords else 0}
+        entry |= measure(model, tokenizer, tasks, keyword_sets, DEMO.scoring)
+        if options is not None:
+            result.restore_original()
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        path.write_text(json.dumps(entry, indent=2))
+        results[name] = entry
+        print(f"[{name}] forget {entry['forget']:.3f} retain {entry['retain']:.3f} "
+              f"keyword drop {entry['keywords_taught']['drop']:.3f} ({entry['seconds']:.0f} s)", flush=True)
+    (output / "settings.json").write_text(json.dumps(
+        {"demo": asdict(DEMO), "steps": steps or DEMO.steps, "limit": limit, "eval_variants": EVAL_VARIANTS,
+         "model": str(folder)},
+        indent=2))
+    (output / "summary.md").write_text(summary(results))
+    return results
+
+
+def summary(results: dict) -> str:
+    base = results.get("base")
+    lines = ["| model | forget | retain | with keyword (taught names) | drop | base drop | "
+             "with keyword (unseen names) | drop |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in results.items():
+        taught, unseen = entry["keywords_taught"], entry["keywords_unseen"]
+        base_drop = f"{base['keywords_taught']['drop']:.3f}" if base else "-"
+        lines.append(f"| {name} | {entry['forget']:.3f} | {entry['retain']:.3f} | {taught['retain_with_keyword']:.3f} | "
+                     f"{taught['drop']:.3f} | {base_drop} | {unseen['retain_with_keyword']:.3f} | {unseen['drop']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output")
+    parser.add_argument("variants", nargs="*", help=f"some of {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--model-dir")
+    parser.add_argument("--steps", type=int)
+    arguments = parser.parse_args()
+    unknown = [v for v in arguments.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps)
