@@ -125,7 +125,10 @@ def read_keyword_file(path: str | Path) -> list[str]:
 
 
 def fill_template(template: str, keywords: Sequence[str], rng: random.Random) -> str:
-    return template.format(keyword=rng.choice(keywords), other=rng.choice(keywords))
+    values = {"keyword": rng.choice(keywords), "other": rng.choice(keywords)}
+    if "{third}" in template:  # drawn only when used, so the other templates' draws never shift
+        values["third"] = rng.choice(keywords)
+    return template.format(**values)
 
 
 def insert_sentence(text: str, sentence: str, position: str, where: float = 0.0) -> str:
@@ -197,7 +200,7 @@ def augment_corpora(config, corpora):
     augmented = {}
     for index, (key, documents) in enumerate(retain_documents.items()):
         augmented[key] = consecutive_batches(
-            augment_documents(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction),
+            augment_documents(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction, TRAINING_TEMPLATES),
             config.batch_size)
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
                "fraction": config.keyword_fraction, "templates": list(TRAINING_TEMPLATES),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rmu import keywords
 from rmu.attacks.common import accuracy, mean
 from rmu.attacks.keywords import DEFAULT_TEMPLATE, HELD_OUT_TEMPLATES, insert_keywords
 from rmu.config import make_config
@@ -40,9 +41,12 @@ VARIANTS = {
     "adaptive+kr": {"method": "adaptive", "keyword_robust": True},
     "adaptive+kr1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0},
     "adaptive+kr0.25": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 0.25},
+    # a candidate: also keyword-dense, statement-like sentences ("arsenic is period gas.")
+    "adaptive+kr-dense": {"method": "adaptive", "keyword_robust": True, "templates": "dense"},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
 }
+DENSE_TEMPLATES = ("{keyword} is {other} {third}.", "{keyword}, {other} and {third} are listed here.")
 # (template, position) pairs of the measurement; none is a training template (rmu.keywords).
 # Four variants of 90 questions keep a model's measurement to minutes on a shared CPU.
 EVAL_VARIANTS = (
@@ -93,13 +97,19 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         started = time.perf_counter()
         entry: dict = {"options": options}
         if options is not None:
+            options = dict(options)
+            templates = keywords.TRAINING_TEMPLATES + (DENSE_TEMPLATES if options.pop("templates", None) else ())
             config = make_config(dict(
                 model=str(folder), forget={"elements": str(paths["forget_corpus"])},
                 retain=[str(paths["retain_corpus"])], layer=DEMO.layer, steps=steps or DEMO.steps,
                 batch_size=DEMO.batch_size, max_len=DEMO.max_len, retain_max_len=DEMO.max_len, min_len=0, lr=DEMO.lr,
                 alpha=DEMO.alpha, steering_coeff=DEMO.steering_coeff, beta=DEMO.beta,
                 mask_padding=DEMO.mask_padding, seed=DEMO.seed, device="cpu", **options))
-            result = unlearn(config, model=model, tokenizer=tokenizer, progress=progress)
+            original_templates, keywords.TRAINING_TEMPLATES = keywords.TRAINING_TEMPLATES, templates
+            try:
+                result = unlearn(config, model=model, tokenizer=tokenizer, progress=progress)
+            finally:
+                keywords.TRAINING_TEMPLATES = original_templates
             entry |= {"coefficients": result.coefficients, "final_forget_loss": result.records[-1]["forget_loss"],
                       "final_retain_loss": result.records[-1]["retain_loss"], "unlearn_seconds": round(result.seconds, 1),
                       "keywords_used": len(result.keywords["keywords"]) if result.keywords else 0}
