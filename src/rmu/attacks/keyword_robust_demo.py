@@ -23,7 +23,7 @@ import torch
 
 from rmu import keywords
 from rmu.attacks.common import accuracy, mean
-from rmu.attacks.keywords import DEFAULT_TEMPLATE, HELD_OUT_TEMPLATES, insert_keywords
+from rmu.attacks.keywords import DEFAULT_TEMPLATE, HELD_OUT_TEMPLATES, insert_keywords, read_keywords
 from rmu.config import make_config
 from rmu.demo.benchmark import build_benchmark, write_benchmark
 from rmu.demo.model import smollm2_path
@@ -57,12 +57,12 @@ EVAL_VARIANTS = (
 )
 
 
-def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str) -> dict:
+def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str, eval_variants=EVAL_VARIANTS) -> dict:
     scores = {role: accuracy(model, tokenizer, task, scoring) for role, task in tasks.items()}
-    for label, keywords in keyword_sets.items():
+    for label, attack_words in keyword_sets.items():
         variants = []
-        for template, position in EVAL_VARIANTS:
-            task = insert_keywords(tasks["retain"], keywords, template, seed=0, position=position)
+        for template, position in eval_variants:
+            task = insert_keywords(tasks["retain"], attack_words, template, seed=0, position=position)
             value = accuracy(model, tokenizer, task, scoring)
             variants.append({"template": template, "position": position, "retain_with_keyword": value,
                              "drop": scores["retain"] - value})
@@ -72,20 +72,32 @@ def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str) -> 
 
 
 def run(output: str | Path, names: list[str] | None = None, model_dir: str | Path | None = None,
-        steps: int | None = None, limit: int | None = None, unseen: bool = False, progress: bool = True) -> dict:
+        steps: int | None = None, limit: int | None = None, unseen: bool = False, progress: bool = True,
+        data: str | Path | None = None, attack_keywords: str | Path | None = None,
+        topic_template: str | None = None) -> dict:
     """Unlearn and measure each variant of ``names`` (default all); ``steps``, ``limit``: shorter runs (tests).
 
     ``unseen``: measure the keyword drop a second time with element names the corpora never mention.
+    ``data``: another topic's folder (forget.jsonl, retain.jsonl, forget_questions.jsonl,
+    retain_questions.jsonl) instead of the demo benchmark, with ``attack_keywords`` (a file, one a line)
+    and ``topic_template`` (the topic's own sentence, in place of "{keyword} is a chemical element.").
     """
     torch.set_num_threads(1)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     folder = Path(model_dir) if model_dir else smollm2_path(progress=progress)
-    benchmark = build_benchmark(seed=0)
-    paths = write_benchmark(output / "data", benchmark)
+    if data is None:
+        benchmark = build_benchmark(seed=0)
+        paths = write_benchmark(output / "data", benchmark)
+        keyword_sets = {"taught": benchmark.forget_taught} | ({"unseen": benchmark.forget_held_out} if unseen else {})
+    else:
+        names_in = ("forget_corpus", "retain_corpus", "forget_questions", "retain_questions")
+        paths = dict(zip(names_in, (Path(data) / f for f in ("forget.jsonl", "retain.jsonl", "forget_questions.jsonl",
+                                                              "retain_questions.jsonl"))))
+        keyword_sets = {"taught": read_keywords(attack_keywords)}
+    eval_variants = ((topic_template or DEFAULT_TEMPLATE, "before"), *EVAL_VARIANTS[1:])
     tasks = {"forget": load_task_file(paths["forget_questions"], name="forget_questions").head(limit),
              "retain": load_task_file(paths["retain_questions"], name="retain_questions").head(limit)}
-    keyword_sets = {"taught": benchmark.forget_taught} | ({"unseen": benchmark.forget_held_out} if unseen else {})
     model, tokenizer = load_model(folder)
     results = {}
     for name in names or list(VARIANTS):
@@ -113,7 +125,7 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
             entry |= {"coefficients": result.coefficients, "final_forget_loss": result.records[-1]["forget_loss"],
                       "final_retain_loss": result.records[-1]["retain_loss"], "unlearn_seconds": round(result.seconds, 1),
                       "keywords_used": len(result.keywords["keywords"]) if result.keywords else 0}
-        entry |= measure(model, tokenizer, tasks, keyword_sets, DEMO.scoring)
+        entry |= measure(model, tokenizer, tasks, keyword_sets, DEMO.scoring, eval_variants)
         if options is not None:
             result.restore_original()
         entry["seconds"] = round(time.perf_counter() - started, 1)
@@ -122,16 +134,17 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         print(f"[{name}] forget {entry['forget']:.3f} retain {entry['retain']:.3f} "
               f"keyword drop {entry['keywords_taught']['drop']:.3f} ({entry['seconds']:.0f} s)", flush=True)
     (output / "settings.json").write_text(json.dumps(
-        {"demo": asdict(DEMO), "steps": steps or DEMO.steps, "limit": limit, "eval_variants": EVAL_VARIANTS,
+        {"demo": asdict(DEMO), "steps": steps or DEMO.steps, "limit": limit, "eval_variants": eval_variants,
+         "data": str(data) if data else None,
          "model": str(folder)},
         indent=2))
-    (output / "summary.md").write_text(summary(results))
+    (output / "summary.md").write_text(summary(results, eval_variants))
     return results
 
 
-def summary(results: dict) -> str:
+def summary(results: dict, eval_variants=EVAL_VARIANTS) -> str:
     base = results.get("base")
-    templates = [f"{p}: {t}" for t, p in EVAL_VARIANTS]
+    templates = [f"{p}: {t}" for t, p in eval_variants]
     lines = ["| model | forget | retain | with keyword (mean) | drop | base drop | "
              + " | ".join(f"drop, {t}" for t in templates) + " | drop, unseen names |",
              "|---" * (7 + len(templates)) + "|"]
@@ -152,8 +165,12 @@ if __name__ == "__main__":
     parser.add_argument("--model-dir")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--unseen", action="store_true", help="also measure with element names never in the corpora")
+    parser.add_argument("--data", help="another topic's folder of corpora and questions (default: the demo benchmark)")
+    parser.add_argument("--attack-keywords", help="with --data: the attack's keywords, one a line")
+    parser.add_argument("--topic-template", help="with --data: the topic's own keyword sentence")
     arguments = parser.parse_args()
     unknown = [v for v in arguments.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps, unseen=arguments.unseen)
+    run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps, unseen=arguments.unseen,
+        data=arguments.data, attack_keywords=arguments.attack_keywords, topic_template=arguments.topic_template)
