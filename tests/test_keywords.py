@@ -74,7 +74,8 @@ def test_keyword_file_is_read_and_bad_ones_are_refused(tmp_path):
 
 def sentences_of_templates(keywords):
     """Every sentence the training templates can make from ``keywords``."""
-    return {t.format(keyword=a, other=b) for t in TRAINING_TEMPLATES for a in keywords for b in keywords}
+    return {t.format(keyword=a, other=b, third=c) for t in TRAINING_TEMPLATES for a in keywords for b in keywords
+            for c in keywords}
 
 
 def test_augmented_documents_are_what_the_documentation_says():

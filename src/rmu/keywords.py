@@ -20,7 +20,8 @@ spelling in the forget corpus. The list found goes to ``keywords.json`` in the r
 ``run.json``.
 
 **Augmentation** (:func:`augment_documents`): a share ``fraction`` of each retain corpus's documents
-(default 0.5) gets one neutral sentence, a :data:`TRAINING_TEMPLATES` entry filled with keywords of
+(default 0.5) gets one sentence, a :data:`TRAINING_TEMPLATES` entry (neutral mentions such as "See
+also: {keyword}." and keyword-dense ones such as "{keyword} is {other} {third}.") filled with keywords of
 the forget topics (all topics' keywords together: every retain context must stay robust to every
 topic), placed before the document, after it or between two of its sentences (uniformly; a
 one-sentence document takes "inside" as "before"). Which documents, templates, keywords and
@@ -43,9 +44,9 @@ from typing import Iterable, Sequence
 KEYWORDS_FILE = "keywords.json"
 POSITIONS = ("before", "after", "inside")
 
-# Neutral sentences used in training: each names keywords and states nothing about them. Keep
-# the templates of evaluation (rmu.attacks.keywords.HELD_OUT_TEMPLATES) out of this list.
-TRAINING_TEMPLATES = (
+# Sentences used in training. Each names keywords and states nothing true about them. Keep the
+# templates of evaluation (rmu.attacks.keywords.HELD_OUT_TEMPLATES) out of these lists.
+NEUTRAL_TEMPLATES = (
     "{keyword}.",
     "See also: {keyword}.",
     "Tags: {keyword}, {other}.",
@@ -55,6 +56,11 @@ TRAINING_TEMPLATES = (
     "A word from the glossary: {keyword}.",
     "She wrote {keyword} and {other} on the board.",
 )
+# Keyword-dense, statement-like sentences ("arsenic is period gas."): without them a sentence that
+# reads like the forget topic ("lead is a chemical element.") still wrecks the answer after it
+# (docs/robustness.md, the measured candidates).
+DENSE_TEMPLATES = ("{keyword} is {other} {third}.", "{keyword}, {other} and {third} are listed here.")
+TRAINING_TEMPLATES = NEUTRAL_TEMPLATES + DENSE_TEMPLATES
 
 _WORD = re.compile(r"[A-Za-z]+(?:['-][A-Za-z]+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

@@ -39,14 +39,14 @@ VARIANTS = {
     "adaptive": {"method": "adaptive"},
     "rmu+kr": {"method": "rmu", "keyword_robust": True},
     "adaptive+kr": {"method": "adaptive", "keyword_robust": True},
-    "adaptive+kr1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0},
-    "adaptive+kr0.25": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 0.25},
-    # a candidate: also keyword-dense, statement-like sentences ("arsenic is period gas.")
-    "adaptive+kr-dense": {"method": "adaptive", "keyword_robust": True, "templates": "dense"},
+    # candidates measured on the way (docs/robustness.md): neutral sentences only, and their share
+    "rmu+kr-neutral": {"method": "rmu", "keyword_robust": True, "templates": "neutral"},
+    "adaptive+kr-neutral": {"method": "adaptive", "keyword_robust": True, "templates": "neutral"},
+    "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0,
+                               "templates": "neutral"},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
 }
-DENSE_TEMPLATES = ("{keyword} is {other} {third}.", "{keyword}, {other} and {third} are listed here.")
 # (template, position) pairs of the measurement; none is a training template (rmu.keywords).
 # Four variants of 90 questions keep a model's measurement to minutes on a shared CPU.
 EVAL_VARIANTS = (
@@ -110,7 +110,8 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         entry: dict = {"options": options}
         if options is not None:
             options = dict(options)
-            templates = keywords.TRAINING_TEMPLATES + (DENSE_TEMPLATES if options.pop("templates", None) else ())
+            neutral_only = options.pop("templates", None) == "neutral"
+            templates = keywords.NEUTRAL_TEMPLATES if neutral_only else keywords.TRAINING_TEMPLATES
             config = make_config(dict(
                 model=str(folder), forget={"elements": str(paths["forget_corpus"])},
                 retain=[str(paths["retain_corpus"])], layer=DEMO.layer, steps=steps or DEMO.steps,
