@@ -44,6 +44,7 @@ VARIANTS = {
     "adaptive+kr-neutral": {"method": "adaptive", "keyword_robust": True, "templates": "neutral"},
     "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0,
                                "templates": "neutral"},
+    "rmu+kr0.25": {"method": "rmu", "keyword_robust": True, "keyword_fraction": 0.25},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
 }
@@ -74,13 +75,14 @@ def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str, eva
 def run(output: str | Path, names: list[str] | None = None, model_dir: str | Path | None = None,
         steps: int | None = None, limit: int | None = None, unseen: bool = False, progress: bool = True,
         data: str | Path | None = None, attack_keywords: str | Path | None = None,
-        topic_template: str | None = None) -> dict:
+        topic_template: str | None = None, train_keywords: str | Path | None = None) -> dict:
     """Unlearn and measure each variant of ``names`` (default all); ``steps``, ``limit``: shorter runs (tests).
 
     ``unseen``: measure the keyword drop a second time with element names the corpora never mention.
     ``data``: another topic's folder (forget.jsonl, retain.jsonl, forget_questions.jsonl,
     retain_questions.jsonl) instead of the demo benchmark, with ``attack_keywords`` (a file, one a line)
     and ``topic_template`` (the topic's own sentence, in place of "{keyword} is a chemical element.").
+    ``train_keywords``: a keyword file for the ``--keyword-robust`` variants instead of the extraction.
     """
     torch.set_num_threads(1)
     output = Path(output)
@@ -111,6 +113,8 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         if options is not None:
             options = dict(options)
             neutral_only = options.pop("templates", None) == "neutral"
+            if options.get("keyword_robust") and train_keywords:
+                options["keywords"] = str(train_keywords)
             templates = keywords.NEUTRAL_TEMPLATES if neutral_only else keywords.TRAINING_TEMPLATES
             config = make_config(dict(
                 model=str(folder), forget={"elements": str(paths["forget_corpus"])},
@@ -169,9 +173,11 @@ if __name__ == "__main__":
     parser.add_argument("--data", help="another topic's folder of corpora and questions (default: the demo benchmark)")
     parser.add_argument("--attack-keywords", help="with --data: the attack's keywords, one a line")
     parser.add_argument("--topic-template", help="with --data: the topic's own keyword sentence")
+    parser.add_argument("--train-keywords", help="--keyword-robust variants: this keyword file, not the extraction")
     arguments = parser.parse_args()
     unknown = [v for v in arguments.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps, unseen=arguments.unseen,
-        data=arguments.data, attack_keywords=arguments.attack_keywords, topic_template=arguments.topic_template)
+        data=arguments.data, attack_keywords=arguments.attack_keywords, topic_template=arguments.topic_template,
+        train_keywords=arguments.train_keywords)
