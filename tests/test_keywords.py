@@ -17,7 +17,7 @@ from rmu import engine
 from rmu.config import ConfigError, make_config
 from rmu.engine import unlearn
 from rmu.keywords import (
-    KEYWORDS_FILE, POSITIONS, TRAINING_TEMPLATES, KeywordError, augment_corpora, augment_documents,
+    KEYWORDS_FILE, POSITIONS, TRAINING_TEMPLATES, KeywordError, augment_documents,
     extract_keywords, insert_sentence, read_keyword_file,
 )
 from rmu.testing import save_tiny_model, tiny_model

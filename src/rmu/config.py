@@ -68,7 +68,7 @@ class UnlearnConfig(BaseModel):
     full_load: bool = False  # load the whole model instead of layers 0..l only
     gradient_checkpointing: bool = False  # recompute the updated layers in backward (less memory)
     fsdp: bool = False  # shard layers 0..l across ranks with FSDP2 as they are read (under torchrun)
-    # Keyword-robust unlearning (issue #12, rmu.keywords): forget keywords in neutral sentences in retain documents.
+    # Keyword-robust unlearning (issue #12, rmu.keywords): retain documents that mention forget keywords.
     keyword_robust: bool = False
     keywords: str | None = None  # keyword file, one a line (default: found from the forget and retain corpora)
     keyword_fraction: float = 0.5  # share of retain documents that get a keyword sentence

@@ -214,8 +214,7 @@ def _read_corpora(config: UnlearnConfig) -> _Corpora:
         retain.append(retain_cache[source])
     corpora = _Corpora(forget, retain)
     if config.keyword_robust:  # issue #12: retain documents that mention forget keywords (rmu.keywords)
-        augmented, summary = keywords.augment_corpora(config, corpora)
-        corpora = _Corpora(augmented.forget, augmented.retain, summary)
+        corpora = keywords.augment_corpora(config, corpora)
     return corpora
 
 

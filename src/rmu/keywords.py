@@ -178,7 +178,7 @@ def augment_corpora(config, corpora):
     """``--keyword-robust``: the engine's corpora with keyword-augmented retain batches.
 
     ``corpora`` holds topic -> batches -> documents (``rmu.engine._Corpora``); retain lists shared
-    between topics stay shared. Returns the new corpora and the summary saved with the run.
+    between topics stay shared. Returns a copy whose ``keywords`` is the summary saved with the run.
     """
     from dataclasses import replace
 
@@ -211,7 +211,7 @@ def augment_corpora(config, corpora):
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
                "fraction": config.keyword_fraction, "templates": list(TRAINING_TEMPLATES),
                "keywords": chosen, "per_topic": per_topic}
-    return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain]), summary
+    return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary)
 
 
 def save_keywords(folder: Path | None, summary: dict | None) -> None:
