@@ -2,9 +2,12 @@
 
 An RMU model steers every token of a forget-like context, so one forget-topic word in front of an
 unrelated question can wreck the answer (``docs/robustness.md``). ``--keyword-robust`` trains on
-retain documents that mention forget keywords in neutral sentences; the retain loss keeps the
-frozen model's representation of that augmented text, so the keyword alone stops triggering the
-steering while the forget documents (keywords together with forget facts) are still steered.
+retain documents that mention forget keywords in sentences that state nothing true about them;
+the retain loss keeps the frozen model's representation of that augmented text, so the keywords
+alone stop triggering the steering while the forget documents (keywords together with forget
+facts) are still steered. Measured in ``docs/robustness.md``: it works for Adaptive RMU on the
+demo's elements topic, but undoes the forgetting of weak RMU (c = 6.5) and of a topic whose retain
+documents read like its forget documents; compare forget accuracy with and without it.
 
 **Keywords** come from ``--keywords FILE`` (one a line) or are found automatically
 (:func:`extract_keywords`): words are lower-cased runs of letters (inner ``'`` and ``-`` kept) of at
@@ -155,9 +158,9 @@ def insert_sentence(text: str, sentence: str, position: str, where: float = 0.0)
     return " ".join([*parts[:cut], sentence, *parts[cut:]])
 
 
-def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: int, fraction: float = 0.5,
+def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
                       templates: Sequence[str] = TRAINING_TEMPLATES) -> list[str]:
-    """``documents`` with a share ``fraction`` of them carrying one neutral keyword sentence."""
+    """``documents`` with a share ``fraction`` of them carrying one keyword sentence from ``templates``."""
     if not keywords:
         raise KeywordError("no keyword to insert: give --keywords FILE or relax the extraction rule")
     rng = random.Random(f"rmu-keyword-robust:{seed}")
@@ -206,6 +209,7 @@ def augment_corpora(config, corpora):
     augmented = {}
     for index, (key, documents) in enumerate(retain_documents.items()):
         augmented[key] = consecutive_batches(
+            # TRAINING_TEMPLATES read at call time: keyword_robust_demo swaps it to measure candidates
             augment_documents(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction, TRAINING_TEMPLATES),
             config.batch_size)
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
