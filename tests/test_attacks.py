@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from rmu.attacks import (AttackError, ablate_attack, gcg_attack, gcg_question, insert_keywords, keyword_attack,
                          probe_accuracy, probe_attack, project_out, projection_hook, relearn_attack)
 from rmu.attacks.gcg import make_layout, suffix_losses
+from rmu.attacks.keywords import DEFAULT_TEMPLATE, HELD_OUT_TEMPLATES, place_sentence
 from rmu.evaluate import evaluate
 from rmu.tasks import Question, Task
 from rmu.testing import save_tiny_model, tiny_model
@@ -320,13 +321,57 @@ def test_insert_keywords_is_seeded_and_keeps_answers():
 def test_keyword_attack_matches_the_evaluator(tiny, tmp_path):
     model, tokenizer = tiny
     task = tiny_task()
-    data = keyword_attack({"a": (model, tokenizer)}, task, ["Iron"], tmp_path, progress=False)
+    data = keyword_attack({"a": (model, tokenizer)}, task, ["Iron"], tmp_path, template=DEFAULT_TEMPLATE,
+                          progress=False)
     keyworded = insert_keywords(task, ["Iron"])
     expected = evaluate(model, tokenizer, keyworded, scoring="cloze", progress=False)[keyworded.name].accuracy
     entry = data["models"]["a"]
     assert entry["retain_with_keyword"] == expected
     assert entry["drop"] == pytest.approx(entry["retain"] - expected)
+    assert entry["excess_drop"] is None  # no model named "base"
     assert (tmp_path / "keywords.png").is_file()
+
+
+def test_keyword_positions_place_the_sentence():
+    assert place_sentence("The capital of Peru is", "Iron.", "before") == "Iron. The capital of Peru is"
+    assert place_sentence("The capital of Peru is", "Iron.", "after") == "The capital of Peru is (Iron.)"
+    assert place_sentence("The capital of Peru is", "Iron.", "inside") == "The capital of Peru (Iron.) is"
+    assert place_sentence("Capital?", "Iron.", "inside") == "(Iron.) Capital?"
+    with pytest.raises(AttackError, match="position"):
+        insert_keywords(tiny_task(2), ["Iron"], position="middle")
+
+
+def test_keyword_attack_crosses_templates_and_positions_and_compares_with_base(tmp_path):
+    models = {"base": tiny_model(seed=0), "other": tiny_model(seed=1)}
+    task = tiny_task(12)
+    templates = ["{keyword} is here.", "About {keyword}:"]
+    data = keyword_attack(models, task, ["Iron", "Neon"], tmp_path, templates=templates,
+                          positions=["before", "inside"], seed=2, progress=False)
+    assert data["settings"]["templates"] == templates and len(data["settings"]["examples"]) == 4
+    for name, (model, tokenizer) in models.items():
+        entry = data["models"][name]
+        assert [(v["template"], v["position"]) for v in entry["variants"]] == [
+            (t, p) for t in templates for p in ("before", "inside")]
+        for variant in entry["variants"]:
+            keyworded = insert_keywords(task, ["Iron", "Neon"], variant["template"], 2, variant["position"])
+            expected = evaluate(model, tokenizer, keyworded, scoring="cloze", progress=False)[keyworded.name].accuracy
+            assert variant["retain_with_keyword"] == expected
+            assert variant["drop"] == pytest.approx(entry["retain"] - expected)
+        assert entry["drop"] == pytest.approx(sum(v["drop"] for v in entry["variants"]) / 4)
+    base, other = data["models"]["base"], data["models"]["other"]
+    assert base["excess_drop"] == pytest.approx(0) and other["base_drop"] == base["drop"]
+    assert other["excess_drop"] == pytest.approx(other["drop"] - base["drop"])
+    for mine, theirs in zip(other["variants"], base["variants"]):
+        assert mine["excess_drop"] == pytest.approx(mine["drop"] - theirs["drop"])
+    assert json.loads((tmp_path / "keywords.json").read_text())["models"]["other"]["excess_drop"] == \
+        pytest.approx(other["excess_drop"])
+
+
+def test_default_attack_templates_are_never_trained_on():
+    from rmu.keywords import TRAINING_TEMPLATES
+
+    assert not set(HELD_OUT_TEMPLATES) & set(TRAINING_TEMPLATES)
+    assert DEFAULT_TEMPLATE not in TRAINING_TEMPLATES
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -360,7 +405,8 @@ def test_cli_runs_every_attack(checkpoint, tmp_path):
                     "--eval-every", "1", "--k", "2"],
         "ablate": ["--base", str(c["model"]), "--forget-texts", str(c["corpus"]), "--layer", "1"],
         "probe": ["--splits", "2"],
-        "keywords": ["--keywords", str(c["keywords"])],
+        "keywords": ["--keywords", str(c["keywords"]), "--template", "{keyword} here.", "--template",
+                     "About {keyword}:", "--position", "before", "--position", "after", "--base", "tiny"],
     }
     for name, extra in runs.items():
         output = tmp_path / name

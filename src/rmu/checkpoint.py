@@ -271,6 +271,7 @@ def run_summary(result, structure) -> dict:
         "coefficients": result.coefficients,
         "control_vectors": VECTORS_FILE,
         "seconds": round(result.seconds, 2),
+        "keywords": getattr(result, "keywords", None),  # --keyword-robust (rmu.keywords); keywords.json has it too
         "steps": result.records,
         "health": getattr(result, "health", None),  # rmu.health: did the run work?
         "calibration": getattr(result, "calibration", None),  # rmu.scale, when --auto was given

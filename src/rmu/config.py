@@ -121,6 +121,11 @@ class UnlearnConfig(BaseModel):
             return ["lr", "alpha", "coeff"]
         return value
 
+    # Keyword-robust unlearning (issue #12, rmu.keywords): retain documents that mention forget keywords.
+    keyword_robust: bool = False
+    keywords: str | None = None  # keyword file, one a line (default: found from the forget and retain corpora)
+    keyword_fraction: float = 0.5  # share of retain documents that get a keyword sentence
+
     @field_validator("forget", mode="before")
     @classmethod
     def _forget_mapping(cls, value: Any) -> Any:
@@ -206,6 +211,11 @@ class UnlearnConfig(BaseModel):
         if self.resume and self.vector_draw == "original" and self.noise > 0:
             raise ValueError("--resume cannot continue the noise of --vector-draw original (torch's global "
                              "generator is not saved); rerun from the start or use --vector-draw rmu")
+
+        if self.keywords is not None and not self.keyword_robust:
+            raise ValueError("--keywords is used by --keyword-robust; add --keyword-robust or drop --keywords")
+        if not 0 < self.keyword_fraction <= 1:
+            raise ValueError(f"--keyword-fraction {self.keyword_fraction} must lie in (0, 1]")
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self

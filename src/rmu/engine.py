@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rmu import checkpoint, distributed, divergence, health, rules, scale
+from rmu import checkpoint, distributed, divergence, health, keywords, rules, scale
 from rmu.config import UnlearnConfig
 from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
                       tokenize)
@@ -214,6 +214,7 @@ class UnlearnResult:
     final_weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     health: dict | None = None  # rmu.health's report of the finished run (also in run.json)
     calibration: dict | None = None  # rmu.scale's measurements when config.auto is set
+    keywords: dict | None = None  # --keyword-robust: the keywords and augmentation used (rmu.keywords)
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -230,6 +231,7 @@ Callback = Callable[[dict], None]
 class _Corpora:
     forget: list[list[list[str]]]  # topic -> batches -> documents
     retain: list[list[list[str]]]  # topic -> batches -> documents (shared lists when one corpus)
+    keywords: dict | None = None  # what --keyword-robust inserted into the retain documents
 
     def available_steps(self) -> int:
         # As WMDP's script: the shortest list of batches bounds the run (the Adaptive script would crash).
@@ -245,7 +247,10 @@ def _read_corpora(config: UnlearnConfig) -> _Corpora:
         if source not in retain_cache:
             retain_cache[source] = consecutive_batches(_read(config, source, forget=False), config.batch_size)
         retain.append(retain_cache[source])
-    return _Corpora(forget, retain)
+    corpora = _Corpora(forget, retain)
+    if config.keyword_robust:  # issue #12: retain documents that mention forget keywords (rmu.keywords)
+        corpora = keywords.augment_corpora(config, corpora)
+    return corpora
 
 
 def _read(config: UnlearnConfig, source: str, forget: bool) -> list[str]:
@@ -421,6 +426,7 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
         _coefficients_from_records(config, coefficients, records)
     if ranks.is_main:
         plan.begin(vectors)
+        keywords.save_keywords(plan.output and plan.work, corpora.keywords)
 
     # The published draw scales u by c in the model's dtype; rmu's in float32.
     target_dtype = model_dtype if config.vector_draw == "original" else torch.float32
@@ -452,6 +458,7 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
         loaded_from_source=loaded_from_source,
         # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
         final_weights={n: distributed.full_tensor(p.detach()) for n, p in tensors.in_model.items()},
+        keywords=corpora.keywords,
     )
     result.calibration = calibration
     report = health.diagnose(config, runner, batches, vectors, coefficients, records, device,

@@ -102,5 +102,7 @@ def plot_keywords(data: dict) -> Figure:
     figure, ax = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
     _bars(ax, names, {"retain": [data["models"][n]["retain"] for n in names],
                       "retain + forget keyword": [data["models"][n]["retain_with_keyword"] for n in names]}, 0.25)
-    ax.set_title("Retain questions with a forget keyword inserted")
+    variants = len(data["settings"].get("templates", [None])) * len(data["settings"].get("positions", [None]))
+    ax.set_title("Retain questions with a forget keyword inserted"
+                 + (f" (mean of {variants} templates x positions)" if variants > 1 else ""))
     return figure

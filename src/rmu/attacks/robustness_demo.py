@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from rmu.attacks import ablate_attack, gcg_attack, keyword_attack, probe_attack, relearn_attack
+from rmu.attacks.keywords import DEFAULT_TEMPLATE
 from rmu.config import make_config
 from rmu.demo.benchmark import build_benchmark, write_benchmark
 from rmu.demo.model import smollm2_path
@@ -116,7 +117,7 @@ def run(output: str | Path, settings: Settings = Settings(), progress: bool = Tr
 
     stage("scores", scores)
     stage("keywords", lambda out: keyword_attack(models, retain, benchmark.forget_taught, out, scoring=settings.scoring,
-                                                     progress=progress))
+                                                     template=DEFAULT_TEMPLATE, progress=progress))
     stage("probe", lambda out: probe_attack(main, forget, out, prompt=settings.scoring, progress=progress))
     stage("ablate", lambda out: ablate_attack(
         unlearned, forget, out, layer=settings.layer, base=main["base"], forget_texts=str(paths["forget_corpus"]),

@@ -196,23 +196,33 @@ def probe_command(models, questions, prompt, test_fraction, splits, seed, limit,
 @click.option("--keywords", "keyword_file", type=click.Path(exists=True, dir_okay=False),
               help="Forget keywords, one a line.")
 @click.option("--keyword", "keyword_list", multiple=True, help="A forget keyword (repeatable).")
-@click.option("--template", default="{keyword} is a chemical element.", show_default=True)
-@click.option("--position", type=click.Choice(["before", "after"]), default="before", show_default=True)
+@click.option("--template", "templates", multiple=True,
+              help="Sentence with {keyword}, e.g. '{keyword} is a chemical element.' (repeat; default: three "
+                   "phrasings --keyword-robust never trains on, see rmu.attacks.keywords.HELD_OUT_TEMPLATES).")
+@click.option("--position", "positions", type=click.Choice(["before", "after", "inside"]), multiple=True,
+              help="Where the sentence goes: before the question, after it, or before its last word "
+                   "(repeat; every template is tried at every position; default before).")
+@click.option("--base", default="base", show_default=True, metavar="NAME",
+              help="The model (one of --model) whose own drop the others' drops are compared with.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_SCORING
 @_LIMIT
 @_OUTPUT
 @_QUIET
-def keywords_command(models, questions, keyword_file, keyword_list, template, position, seed, scoring, limit, output,
-                     quiet):
-    """Retain accuracy with a forget keyword inserted into each question (e.g. models with and without --noise)."""
+def keywords_command(models, questions, keyword_file, keyword_list, templates, positions, base, seed, scoring, limit,
+                     output, quiet):
+    """Retain accuracy with a forget keyword inserted into each question, per template and position."""
     from rmu.attacks import keyword_attack
 
     if not keyword_file and not keyword_list:
         raise click.UsageError("give --keywords FILE or --keyword WORD")
     keywords = keyword_file if keyword_file else list(keyword_list)
-    data = _run(keyword_attack, parse_models(models), questions, keywords, output, template=template,
-                position=position, seed=seed, scoring=scoring, limit=limit, progress=not quiet)
+    data = _run(keyword_attack, parse_models(models), questions, keywords, output, templates=templates or None,
+                positions=positions or ("before",), base=base, seed=seed, scoring=scoring, limit=limit,
+                progress=not quiet)
     for name, entry in data["models"].items():
-        click.echo(f"{name}: retain {entry['retain']:.3f}, with keyword {entry['retain_with_keyword']:.3f}")
+        against = "" if entry["excess_drop"] is None else f" (base drop {entry['base_drop']:.3f}, " \
+                                                          f"excess {entry['excess_drop']:+.3f})"
+        click.echo(f"{name}: retain {entry['retain']:.3f}, with keyword {entry['retain_with_keyword']:.3f} "
+                   f"(mean of {len(entry['variants'])}), drop {entry['drop']:.3f}{against}")
     click.echo(f"keywords.json and keywords.png written to {output}")

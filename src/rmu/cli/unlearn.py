@@ -86,6 +86,12 @@ PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per
 @click.option("--auto", help="Scale rule: calibrate these settings from the model's measured layer norms "
                              "instead of taking them as given: lr, alpha, coeff (comma-separated) or all. "
                              "See docs/tuning.md.")
+@click.option("--keyword-robust/--no-keyword-robust", default=None,
+              help="Train on retain documents that mention forget-topic keywords in neutral sentences, so a forget "
+                   "word in an unrelated prompt no longer triggers the forgetting (default off; see rmu.keywords).")
+@click.option("--keywords", type=click.Path(dir_okay=False),
+              help="--keyword-robust: forget keywords, one a line (default: found from the corpora).")
+@click.option("--keyword-fraction", type=float, help="--keyword-robust: share of retain documents augmented (default 0.5).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, quiet, nproc, **flags):
     """Unlearn forget topics from a causal LM with RMU or Adaptive RMU."""
