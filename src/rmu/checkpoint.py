@@ -252,7 +252,7 @@ def _load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], groups:
 def library_versions() -> dict[str, str]:
     import transformers
 
-    from rmu import __version__
+    from rmu.version import __version__
 
     return {"rmu": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}

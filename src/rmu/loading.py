@@ -187,13 +187,14 @@ def load_model(
     source: str | os.PathLike,
     *,
     upto_layer: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ):
     """Load ``(model, tokenizer)`` from a folder or hub id; ``upto_layer=l`` loads layers 0..l only.
 
-    With ``upto_layer=None`` this is the plain ``AutoModelForCausalLM.from_pretrained``. With
+    With ``upto_layer=None`` this is the plain ``AutoModelForCausalLM.from_pretrained`` (there
+    ``dtype="auto"`` keeps the checkpoint's dtype). With
     ``upto_layer=l`` the model keeps decoder layers ``0..l`` and no LM head (see the module doc);
     only those tensors are read from the shards.
     """

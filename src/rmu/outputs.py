@@ -116,7 +116,7 @@ def mark(folder: Path, command: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
     if not marker.is_file():
-        from rmu import __version__
+        from rmu.version import __version__
 
         write_atomic(marker, json.dumps({"written_by": f"rmu {command}", "rmu_version": __version__,
                                          "created": _now()}, indent=2) + "\n")

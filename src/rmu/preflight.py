@@ -22,9 +22,7 @@ POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions")
 
 def check_run(config: UnlearnConfig) -> None:
     """Raise a ConfigError / CheckpointError / StructureError naming the option when ``config`` cannot run."""
-    folder = resolve_checkpoint(config.model)
-    check_checkpoint_files(folder)
-    model = _empty_model(folder, config.trust_remote_code)
+    model = check_model(config.model, config.trust_remote_code)
     structure = find_structure(model)
     if config.layer >= structure.num_layers:
         raise ConfigError(f"--layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
@@ -34,6 +32,17 @@ def check_run(config: UnlearnConfig) -> None:
         from rmu.rules import check_control_vectors
 
         check_control_vectors(Path(config.control_vectors), config.topics, structure.hidden_size)
+
+
+def check_model(source, trust_remote_code: bool = False):
+    """The model ``source`` describes, on the meta device, once its files and config are known good.
+
+    Raises a CheckpointError for a missing or incomplete folder, pickle weights, model code shipped
+    without ``trust_remote_code``, or a config.json that builds no model.
+    """
+    folder = resolve_checkpoint(source)
+    check_checkpoint_files(folder)
+    return _empty_model(folder, trust_remote_code)
 
 
 def _empty_model(folder: Path, trust_remote_code: bool):

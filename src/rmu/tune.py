@@ -2,7 +2,7 @@
 
 The model is loaded once. Each trial puts the original weights back, unlearns with the trial's
 settings (:func:`rmu.engine.unlearn`, in memory), and scores the model on the given questions
-(:func:`rmu.evaluate.evaluate`). The goal and the constraint:
+(:func:`rmu.eval.evaluate`). The goal and the constraint:
 
 * objective (minimised): |forget accuracy - chance| + ``RETAIN_WEIGHT`` x max(0, base retain - retain);
 * constraints (feasible when <= 0, Optuna's convention): retain accuracy >= base - max_retain_drop,
@@ -57,10 +57,10 @@ from rmu.analysis.sweeps import sweep_inputs
 from rmu.config import ConfigError, UnlearnConfig, make_config
 from rmu.engine import UnlearnError, unlearn
 from rmu.errors import RmuError
-from rmu.evaluate import evaluate, perplexity
+from rmu.eval import evaluate, perplexity
+from rmu.eval.tasks import Task, load_task
 from rmu.outputs import writes_folder
 from rmu.structure import find_structure
-from rmu.tasks import Task, load_task
 
 RETAIN_WEIGHT = 0.5
 HALF_WAY = 50  # the step, in percent of the run, at which trials report to the pruner

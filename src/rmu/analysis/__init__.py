@@ -1,7 +1,7 @@
 """Measurements of the paper's claims: sweeps over layers and coefficients, and analyses.
 
 Everything here reuses the engine (:func:`rmu.engine.unlearn`) and the evaluator
-(:func:`rmu.evaluate.evaluate`); each function saves JSON (and a PNG) when given an output folder.
+(:func:`rmu.eval.evaluate`); each function saves JSON (and a PNG) when given an output folder.
 """
 
 from rmu.analysis.common import AnalysisError

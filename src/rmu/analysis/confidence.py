@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
-from rmu.evaluate import SCORINGS, prompt_and_continuations
+from rmu.eval.prompts import SCORINGS, prompt_and_continuations
+from rmu.eval.tasks import Task, load_task
 from rmu.outputs import writes_folder
-from rmu.tasks import Task, load_task
 
 # the evaluator's prompt of each scoring; "completion" feeds the question itself ("The symbol of iron is")
 PROMPTS = {scoring: (lambda q, s=scoring: prompt_and_continuations(q, s)[0]) for scoring in SCORINGS}

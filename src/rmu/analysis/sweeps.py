@@ -1,7 +1,7 @@
 """Layer and coefficient sweeps: many unlearning runs on ONE loaded model, each evaluated.
 
 Every point calls :func:`rmu.engine.unlearn` on the model held in memory, scores it with
-:func:`rmu.evaluate.evaluate`, and puts the original weights back (``restore_original``) before
+:func:`rmu.eval.evaluate`, and puts the original weights back (``restore_original``) before
 the next point. Results go to ``<output>/sweep.json`` after each point, so an interrupted sweep
 resumes where it stopped: a rerun skips the points already there. Each point's per-step log is
 kept as ``<output>/runs/<point>/run.json`` (the format ``rmu unlearn`` writes), which
@@ -23,10 +23,10 @@ from rmu.analysis.common import (AnalysisError, forget_batches, layer_output, lo
                                  read_json, write_json)
 from rmu.config import ConfigError, UnlearnConfig, make_config
 from rmu.engine import UnlearnError, unlearn
-from rmu.evaluate import evaluate
+from rmu.eval import evaluate
+from rmu.eval.tasks import Task, load_task
 from rmu.outputs import writes_folder
 from rmu.structure import find_structure, select_parameters
-from rmu.tasks import Task, load_task
 
 SWEEP_FILE = "sweep.json"
 METHODS = ("rmu", "adaptive")
@@ -101,7 +101,7 @@ class _Sweep:
 
     def _task_names(self):
         # evaluate() renames duplicates (name_2); mirror it so accuracies group correctly.
-        from rmu.evaluate import unique_name
+        from rmu.eval.tasks import unique_name
 
         taken: dict[str, None] = {}
         forget, retain = [], []

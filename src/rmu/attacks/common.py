@@ -7,8 +7,8 @@ from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
 from rmu.errors import RmuError
-from rmu.evaluate import SCORINGS, evaluate
-from rmu.tasks import Task, load_task
+from rmu.eval import SCORINGS, evaluate
+from rmu.eval.tasks import Task, load_task
 
 __all__ = ["AttackError", "as_models", "load_questions", "accuracy", "write_json", "describe_models"]
 

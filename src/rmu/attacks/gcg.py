@@ -1,7 +1,7 @@
 """Greedy Coordinate Gradient (GCG, Zou et al. 2023) adversarial suffixes against forget questions.
 
 For each question, an ``n_tokens`` suffix is appended to the question text inside the evaluator's
-prompt for the chosen ``scoring`` (:func:`rmu.evaluate.prompt_and_continuations`). With ``letter``
+prompt for the chosen ``scoring`` (:func:`rmu.eval.prompts.prompt_and_continuations`). With ``letter``
 (the default, WMDP's format)::
 
     {description}{question} {suffix}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:
@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, mean, write_json
-from rmu.evaluate import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task
+from rmu.eval import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task
+from rmu.eval.tasks import Question, Task
 from rmu.outputs import writes_folder
-from rmu.tasks import Question, Task
 
 RESULT_FILE = "gcg.json"
 _MARK = "\x00SUFFIX\x00"
@@ -254,7 +254,7 @@ def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_t
     """GCG against each model with the same budget.
 
     ``models``: name -> checkpoint path or (model, tokenizer). ``questions``: a forget question task
-    (name, file or :class:`~rmu.tasks.Task`). ``scoring``: the prompt and target (module docstring).
+    (name, file or :class:`~rmu.eval.tasks.Task`). ``scoring``: the prompt and target (module docstring).
     Writes ``gcg.json`` and ``gcg.png`` to ``output``.
     """
     if scoring not in SCORINGS:

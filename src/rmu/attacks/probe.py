@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from rmu.analysis.common import decoder_outputs
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json
-from rmu.evaluate import cloze_prompt, letter_prompt
+from rmu.eval.prompts import cloze_prompt, letter_prompt
 from rmu.outputs import writes_folder
 
 RESULT_FILE = "probe.json"

@@ -26,8 +26,8 @@ from rmu.demo.benchmark import build_benchmark, write_benchmark
 from rmu.demo.model import smollm2_path
 from rmu.demo.run import DEFAULT as DEMO
 from rmu.engine import unlearn
+from rmu.eval.tasks import load_task_file
 from rmu.loading import load_model
-from rmu.tasks import load_task_file
 
 
 @dataclass(frozen=True)

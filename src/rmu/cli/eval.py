@@ -6,66 +6,42 @@ import click
 
 from rmu import __version__
 from rmu.config import check_device
-from rmu.evaluate import BACKENDS, RESULTS_WRITER, SCORINGS, evaluate, format_table, save_results
-from rmu.tasks import Task, TaskFormatError, UnknownTaskError, load_task
+from rmu.eval import (
+    BACKENDS, RESULTS_WRITER, SCORINGS, TaskFormatError, UnknownTaskError, check_backend, evaluate, format_table,
+    resolve_tasks, save_results,
+)
+from rmu.loading import CheckpointError, load_model
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_tasks(names: tuple[str, ...], backend: str, subject: str) -> list[Task | str]:
+def load_tasks(names: tuple[str, ...], backend: str, subject: str) -> list:
     """Load every task before the model, so a typo fails in a second, not after loading weights."""
-    from rmu.lm_eval_backend import HARNESS_PREFIX
-
-    resolved = []
-    for name in names:
-        if backend == "lm-eval" and name.startswith(HARNESS_PREFIX):
-            resolved.append(name)
-            continue
-        try:
-            resolved.append(load_task(name, subject=subject))
-        except UnknownTaskError as error:
-            if backend == "lm-eval":  # maybe one of the harness's own tasks (wmdp_bio, ...)
-                resolved.append(name)
-                continue
-            raise click.BadParameter(
-                f"{error} Tasks of lm-evaluation-harness such as wmdp_bio need --backend lm-eval.",
-                param_hint="--task",
-            ) from None
-        except FileNotFoundError as error:
-            raise click.BadParameter(str(error), param_hint="--task") from None
-        except TaskFormatError as error:
-            raise click.ClickException(str(error)) from None
-    return resolved
-
-
-def load_model(model_id: str, dtype: str, device: str | None, trust_remote_code: bool):
-    """``AutoModelForCausalLM`` and ``AutoTokenizer`` from a folder or a hub id, in eval mode."""
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from rmu.loading import check_checkpoint_files, remote_code_refusal
-
-    if device is None or check_device(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if Path(model_id).is_dir():
-        check_checkpoint_files(Path(model_id))  # incomplete folders and pickle weights, before reading
     try:
-        AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)  # shipped code refused here
-        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-            trust_remote_code=trust_remote_code, use_safetensors=True,
-        )
-    except (OSError, ValueError) as error:
-        if refusal := remote_code_refusal(model_id, error):
-            raise refusal from None
-        raise click.ClickException(
-            f"could not load model {model_id!r}: {error}\n(--model takes a local checkpoint folder, "
-            f"or a hub id when the hub is reachable)"
+        return resolve_tasks(names, backend, subject)
+    except UnknownTaskError as error:
+        raise click.BadParameter(
+            f"{error} Tasks of lm-evaluation-harness such as wmdp_bio need --backend lm-eval.", param_hint="--task",
         ) from None
-    return model.to(device).eval(), tokenizer
+    except FileNotFoundError as error:
+        raise click.BadParameter(str(error), param_hint="--task") from None
+    except TaskFormatError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def load(model_id: str, dtype: str, device: str | None, trust_remote_code: bool):
+    """The model and tokenizer through :func:`rmu.loading.load_model`, its files checked first (rmu.preflight)."""
+    import torch
+
+    from rmu.engine import resolve_device
+    from rmu.preflight import check_model
+
+    try:
+        check_model(model_id, trust_remote_code)  # incomplete folder, pickle, shipped code: before any weight
+        return load_model(model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                          device=resolve_device(device or "auto"), trust_remote_code=trust_remote_code)
+    except (CheckpointError, OSError, ValueError) as error:
+        raise click.ClickException(f"could not load model {model_id}: {error}") from None
 
 
 def _check_outputs(model_id: str, tasks: tuple[str, ...], output: str | None, task_dir: str | None) -> None:
@@ -117,20 +93,21 @@ def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device,
     """Multiple-choice accuracy of a model on named tasks or task files."""
     if device is not None:
         check_device(device)  # before the tasks and the weights
+    try:
+        check_backend(backend, scoring)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     _check_outputs(model_id, tasks, output, lm_eval_task_dir)
-    resolved = resolve_tasks(tasks, backend, subject)
-    model, tokenizer = load_model(model_id, dtype, device, trust_remote_code)
-    if backend == "lm-eval":
-        from rmu.lm_eval_backend import evaluate_with_lm_eval
-
-        try:
-            results = evaluate_with_lm_eval(model, tokenizer, resolved, scoring, batch_size, limit, progress,
-                                            task_dir=lm_eval_task_dir)
-        except (UnknownTaskError, RuntimeError) as error:
-            raise click.ClickException(str(error)) from None
-    else:
+    resolved = load_tasks(tasks, backend, subject)
+    model, tokenizer = load(model_id, dtype, device, trust_remote_code)
+    try:
         results = evaluate(model, tokenizer, resolved, scoring=scoring, batch_size=batch_size, limit=limit,
-                           progress=progress)
+                           progress=progress, backend=backend,
+                           task_dir=lm_eval_task_dir if backend == "lm-eval" else None)
+    except (UnknownTaskError, RuntimeError) as error:  # the harness's own tasks: unknown, or offline
+        if backend != "lm-eval":
+            raise
+        raise click.ClickException(str(error)) from None
     click.echo(format_table(results))
     if output:
         path = save_results(results, output, rmu_version=__version__, model=model_id, backend=backend,

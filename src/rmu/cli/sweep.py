@@ -8,7 +8,7 @@ import click
 
 from rmu.config import ConfigError, load_yaml, make_config, parse_topic_sources
 
-SCORINGS = ("letter", "cloze", "completion")  # rmu.evaluate.SCORINGS, without importing torch at start-up
+SCORINGS = ("letter", "cloze", "completion")  # rmu.eval.SCORINGS, without importing torch at start-up
 
 
 def parse_int_range(text: str) -> list[int]:

@@ -21,10 +21,10 @@ from rmu.demo.benchmark import write_benchmark
 from rmu.demo.model import DEFAULT_MODEL, demo_model, model_path
 from rmu.demo.topics import DEFAULT_TOPIC, demo_topic
 from rmu.engine import unlearn
-from rmu.evaluate import evaluate, perplexity
+from rmu.eval import evaluate, perplexity
+from rmu.eval.tasks import load_task_file
 from rmu.loading import load_model
 from rmu.outputs import writes_folder
-from rmu.tasks import load_task_file
 
 
 
@@ -49,7 +49,7 @@ class DemoSettings:
     steering_coeff: float = 6.5  # RMU, the published value
     beta: float = 2.0  # Adaptive RMU, first-batch rule
     mask_padding: bool = True
-    scoring: str = "completion"  # "The chemical symbol of iron is" -> " Fe"; see rmu.evaluate
+    scoring: str = "completion"  # "The chemical symbol of iron is" -> " Fe"; see rmu.eval.prompts
     question_limit: int | None = None
     seed: int = 42
 
