@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu.tasks import LETTERS, Question, Task, load_task
 
