@@ -3,8 +3,8 @@
 While a run is going, everything lives in ``<output>.incomplete/``: the control vectors from the
 start, and with ``save_every`` a ``resume/`` folder (trained tensors, optimizer moments, noise
 generator, step log, the run's fingerprint; safetensors and JSON only, no pickle). At the end the
-checkpoint and run.json are written there and the folder is renamed to ``<output>``. A crash leaves
-only the ``.incomplete`` folder, which ``--resume`` continues and which never looks like a finished
+checkpoint, its model card (:mod:`rmu.model_card`) and run.json are written there and the folder
+is renamed to ``<output>``. A crash leaves only the ``.incomplete`` folder, which ``--resume`` continues and which never looks like a finished
 run. Which folders may be written or replaced, and the lock held meanwhile: :mod:`rmu.outputs`.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rmu import fingerprint, outputs, rules
+from rmu import fingerprint, model_card, outputs, rules
 from rmu.config import ConfigError, UnlearnConfig
 
 RUN_FILE = "run.json"
@@ -193,6 +193,7 @@ class OutputPlan:
         shutil.rmtree(self.resume_dir, ignore_errors=True)
         run = run_summary(result, structure)
         run["fingerprint"] = self.fingerprint
+        model_card.write_card(self.work, run, self.output)  # replaces a README.md copied from the source
         outputs.write_atomic(self.work / RUN_FILE, json.dumps(run, indent=2))
         if not self.output.exists():
             self.work.rename(self.output)

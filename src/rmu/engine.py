@@ -52,7 +52,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm, write as progress_write
 
 from rmu import checkpoint, distributed, divergence, health, keywords, rules, scale
 from rmu.config import UnlearnConfig
@@ -465,7 +465,7 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
                              lambda batch: loss_mask(batch, config))
     result.health = report.to_dict()
     if progress:
-        tqdm.write("\n".join(report.lines()), file=sys.stderr)
+        progress_write("\n".join(report.lines()), file=sys.stderr)
     result.seconds = time.perf_counter() - started
     if config.output:
         result.output = plan.finish(result, structure) if ranks.is_main else plan.output

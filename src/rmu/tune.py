@@ -49,7 +49,7 @@ from typing import Any, Sequence
 
 import torch
 import yaml
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu import scale
 from rmu.analysis.common import load_full_model, write_json

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
 from rmu.eval.prompts import SCORINGS, prompt_and_continuations

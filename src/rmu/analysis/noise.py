@@ -69,7 +69,7 @@ def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, la
                       batch_size: int = 4, max_len: int = 128, max_batches: int | None = 2,
                       progress: bool = True) -> list[dict]:
     """Per layer k: ``{"layer": k, "sensitivity": mean ratio, "per_sample": [...]}``."""
-    from tqdm.auto import tqdm
+    from rmu.progress import bar as tqdm
 
     if scale < 0:
         raise AnalysisError("the noise scale must be 0 or more")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu import checkpoint, rules
 from rmu.analysis.common import (AnalysisError, forget_batches, layer_output, load_full_model, mean_cosine,

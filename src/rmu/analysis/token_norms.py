@@ -66,7 +66,7 @@ def analyze_token_norms(models: dict, texts: Sequence[str] | str | Path, output:
                         batch_size: int = 4, max_len: int = 128, max_batches: int | None = 2,
                         progress: bool = True, plot: bool = True) -> dict:
     """:func:`token_norms` for each model (name -> path or (model, tokenizer)); JSON and a plot."""
-    from tqdm.auto import tqdm
+    from rmu.progress import bar as tqdm
 
     if not models:
         raise AnalysisError("give at least one model")

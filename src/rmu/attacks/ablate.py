@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu.analysis.common import AnalysisError, forget_batches, layer_output
 from rmu.attacks.common import (

@@ -44,7 +44,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, mean, write_json
 from rmu.eval import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task

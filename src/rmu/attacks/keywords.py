@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu.attacks.common import (
     AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, mean, write_json,

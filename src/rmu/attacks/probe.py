@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from rmu.progress import bar as tqdm
 
 from rmu.analysis.common import decoder_outputs
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json

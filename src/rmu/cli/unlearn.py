@@ -117,7 +117,7 @@ def command(config_file, forget, retain, quiet, nproc, **flags):
     click.echo(f"{len(result.records)} steps in {result.seconds:.1f} s; last forget loss "
                f"{last.get('forget_loss', float('nan')):.4g}, retain loss {last.get('retain_loss', float('nan')):.4g}")
     if result.output:
-        click.echo(f"checkpoint, run.json and control vectors written to {result.output}")
+        click.echo(f"checkpoint, model card (README.md), run.json and control vectors written to {result.output}")
 
 
 def _launch(config, nproc: int, quiet: bool) -> int:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from rmu.eval.prompts import prompt_and_continuations
 from rmu.eval.results import TaskResult
 from rmu.eval.scoring import result_from_loglikelihoods
 from rmu.eval.tasks import Task, as_task_list, load_task, unique_name
+from rmu.progress import bar as tqdm
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
 
