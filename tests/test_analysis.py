@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import rmu.analysis.sweeps as sweeps_module
+from conftest import write_workspace
 from rmu import plots
 from rmu.analysis import (AnalysisError, analyze_confidence, analyze_noise, analyze_norms, generated_max_logits,
                           noise_sensitivity, sweep_coeff, sweep_layers)
@@ -22,20 +23,12 @@ from rmu.engine import unlearn
 from rmu.evaluate import cloze_prompt
 from rmu.report import build_report
 from rmu.tasks import load_task
-from rmu.testing import save_tiny_model, tiny_model
+from rmu.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("analysis")
-    save_tiny_model(folder / "model", "llama", num_layers=6)
-    (folder / "forget.jsonl").write_text("".join(
-        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(16)))
-    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(16)))
-    questions = [{"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"], "answer": i % 4}
-                 for i in range(6)]
-    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    return folder
+    return write_workspace(tmp_path_factory.mktemp("analysis"), "elements", lines=16, questions=6)
 
 
 def base_options(workspace, **extra):
