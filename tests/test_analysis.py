@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -350,17 +349,6 @@ def test_cli_errors_are_clear(workspace, tmp_path):
     result = runner.invoke(report_command, [str(tmp_path), "--output", str(tmp_path / "r")])
     assert result.exit_code != 0 and "no result of rmu" in result.output
     assert parse_int_range("3-15:3") == [3, 6, 9, 12, 15]
-
-
-def test_report_of_an_unlearn_run(workspace, tmp_path):
-    from rmu.config import make_config
-
-    unlearn(make_config(base_options(workspace, layer=2, output=str(tmp_path / "run"))), progress=False)
-    analyze_norms([tmp_path / "run"], tmp_path / "run_norms")
-    paths = build_report([tmp_path / "run", tmp_path / "run_norms"], tmp_path / "rep", title="t")
-    text = paths["markdown"].read_text()
-    assert "Unlearning run" in text and '"layer": 2' in text
-    assert math.isfinite(json.loads((tmp_path / "run" / "run.json").read_text())["steps"][-1]["forget_loss"])
 
 
 def test_the_command_line_offers_every_scoring_of_the_evaluator():

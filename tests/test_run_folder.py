@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import unlearn_options as options
 from safetensors.torch import load_file
 
+from conftest import unlearn_options as options
 import rmu
 from rmu import divergence, outputs
 from rmu.cli import main

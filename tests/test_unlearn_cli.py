@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import unlearn_options as options
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from conftest import unlearn_options as options
 from rmu.cli import main
 from rmu.config import ConfigError, make_config
 from rmu.engine import UnlearnError, unlearn
