@@ -1,7 +1,17 @@
+"""Shared test set-up: one thread per process, offline hub, and the standard tiny workspace.
+
+Test modules import the plain helpers with ``from conftest import write_workspace, unlearn_options``.
+"""
+
+import json
 import os
 import sys
+from pathlib import Path
 
+import pytest
 import torch
+
+from rmu.testing import save_tiny_model
 
 # Tiny models gain nothing from intra-op threads, and threads that spin while other processes hold
 # the two cores make matrix products 100x slower.
@@ -9,3 +19,56 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Two small corpus families the tests share: "bio" (topic bio, bio.jsonl) and "elements" (topic f,
+# forget.jsonl); each has a forget line, a retain line and a multiple-choice question per index i.
+CORPORA = {
+    "bio": dict(
+        topic="bio", file="bio.jsonl",
+        forget=lambda i: f"Toxin {i} is made by pathogen {i % 5} in the laboratory.",
+        retain=lambda i: f"The city number {i} is a capital of a country.",
+        question=lambda i: {"question": f"Which pathogen makes toxin {i}?",
+                            "choices": ["one", "two", "three", "four"], "answer": i % 4},
+    ),
+    "elements": dict(
+        topic="f", file="forget.jsonl",
+        forget=lambda i: f"Iron has the symbol Fe and atomic number {i}; oxygen is O.",
+        retain=lambda i: f"Paris is the capital of France, city {i}.",
+        question=lambda i: {"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"],
+                            "answer": i % 4},
+    ),
+}
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def write_workspace(folder: Path, corpus: str = "bio", *, layers: int | None = 6, lines: int = 24,
+                    questions: int = 0) -> Path:
+    """The standard tiny workspace: a Llama model of ``layers`` layers in model/ (none if None), a forget
+    corpus of ``lines`` JSONL rows, retain.txt of as many lines, and questions.jsonl if ``questions``."""
+    kind = CORPORA[corpus]
+    folder = Path(folder)
+    if layers is not None:
+        save_tiny_model(folder / "model", "llama", num_layers=layers)
+    write_jsonl(folder / kind["file"], ({"text": kind["forget"](i)} for i in range(lines)))
+    (folder / "retain.txt").write_text("\n".join(kind["retain"](i) for i in range(lines)))
+    if questions:
+        write_jsonl(folder / "questions.jsonl", (kind["question"](i) for i in range(questions)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The standard workspace (bio corpus, 6-layer model, 4 questions), built once per test module."""
+    return write_workspace(tmp_path_factory.mktemp("workspace"), questions=4)
+
+
+def unlearn_options(workspace: Path, **extra) -> dict:
+    """Settings for a short CPU run on the standard workspace, as keyword arguments of make_config."""
+    values = dict(model=str(workspace / "model"), forget={"bio": str(workspace / "bio.jsonl")},
+                  retain=[str(workspace / "retain.txt")], layer=3, steps=6, batch_size=2, lr=5e-3,
+                  alpha=10.0, min_len=0, max_len=32, retain_max_len=32, seed=3, device="cpu")
+    return values | extra

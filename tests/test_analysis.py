@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 import rmu.analysis.sweeps as sweeps_module
+from conftest import write_workspace
 from rmu import plots
 from rmu.analysis import (AnalysisError, analyze_confidence, analyze_noise, analyze_norms, generated_max_logits,
                           noise_sensitivity, sweep_coeff, sweep_layers)
@@ -22,20 +22,12 @@ from rmu.engine import unlearn
 from rmu.evaluate import cloze_prompt
 from rmu.report import build_report
 from rmu.tasks import load_task
-from rmu.testing import save_tiny_model, tiny_model
+from rmu.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("analysis")
-    save_tiny_model(folder / "model", "llama", num_layers=6)
-    (folder / "forget.jsonl").write_text("".join(
-        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(16)))
-    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(16)))
-    questions = [{"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"], "answer": i % 4}
-                 for i in range(6)]
-    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    return folder
+    return write_workspace(tmp_path_factory.mktemp("analysis"), "elements", lines=16, questions=6)
 
 
 def base_options(workspace, **extra):
@@ -357,17 +349,6 @@ def test_cli_errors_are_clear(workspace, tmp_path):
     result = runner.invoke(report_command, [str(tmp_path), "--output", str(tmp_path / "r")])
     assert result.exit_code != 0 and "no result of rmu" in result.output
     assert parse_int_range("3-15:3") == [3, 6, 9, 12, 15]
-
-
-def test_report_of_an_unlearn_run(workspace, tmp_path):
-    from rmu.config import make_config
-
-    unlearn(make_config(base_options(workspace, layer=2, output=str(tmp_path / "run"))), progress=False)
-    analyze_norms([tmp_path / "run"], tmp_path / "run_norms")
-    paths = build_report([tmp_path / "run", tmp_path / "run_norms"], tmp_path / "rep", title="t")
-    text = paths["markdown"].read_text()
-    assert "Unlearning run" in text and '"layer": 2' in text
-    assert math.isfinite(json.loads((tmp_path / "run" / "run.json").read_text())["steps"][-1]["forget_loss"])
 
 
 def test_the_command_line_offers_every_scoring_of_the_evaluator():

@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 import rmu.loading
+from conftest import write_workspace
 from rmu.cli import main
 from rmu.config import ConfigError, make_config
 from rmu.errors import RmuError
@@ -31,13 +32,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bad-inputs")
-    save_tiny_model(folder / "model", "llama", num_layers=4)
+    folder = write_workspace(tmp_path_factory.mktemp("bad-inputs"), layers=4, lines=8)
     save_tiny_model(folder / "gpt2", "gpt2", num_layers=4)  # n_positions 512
-    (folder / "bio.jsonl").write_text(
-        "".join(json.dumps({"text": f"Toxin {i} is made by pathogen {i % 5} in the laboratory."}) + "\n" for i in range(8))
-    )
-    (folder / "retain.txt").write_text("\n".join(f"The city number {i} is a capital of a country." for i in range(8)))
     (folder / "task.jsonl").write_text(json.dumps({"question": "Which?", "choices": ["a", "b"], "answer": 0}) + "\n")
     return folder
 

@@ -30,6 +30,7 @@ RUN = dict(layer=3, steps=3, batch_size=3, min_len=0, lr=5e-3, alpha=10.0, max_l
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
+    # Its own corpora: lines of unequal length (7, odd) so that padding and uneven shards are exercised.
     folder = tmp_path_factory.mktemp("distributed")
     save_tiny_model(folder / "model", "llama", num_layers=5)
     (folder / "bio.jsonl").write_text("".join(

@@ -8,6 +8,7 @@ import logging
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_workspace
 from rmu import scale
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.config import make_config
@@ -17,11 +18,7 @@ from rmu.testing import save_tiny_model, tiny_model
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("health")
-    (folder / "forget.jsonl").write_text("".join(
-        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(16)))
-    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(16)))
-    return folder
+    return write_workspace(tmp_path_factory.mktemp("health"), "elements", layers=None, lines=16)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from conftest import unlearn_options as options
 import rmu
 from rmu import divergence, outputs
 from rmu.cli import main
@@ -26,28 +27,6 @@ from rmu.engine import UnlearnError, unlearn
 from rmu.testing import save_tiny_model
 
 SRC = str(Path(rmu.__file__).resolve().parents[1])
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runfolder")
-    save_tiny_model(folder / "model", "llama", num_layers=6)
-    (folder / "bio.jsonl").write_text(
-        "".join(json.dumps({"text": f"Toxin {i} is made by pathogen {i % 5} in the laboratory."}) + "\n"
-                for i in range(24))
-    )
-    (folder / "retain.txt").write_text("\n".join(f"The city number {i} is a capital of a country." for i in range(24)))
-    (folder / "questions.jsonl").write_text("".join(
-        json.dumps({"question": f"Which pathogen makes toxin {i}?", "choices": ["one", "two", "three", "four"],
-                    "answer": i % 4}) + "\n" for i in range(4)))
-    return folder
-
-
-def options(workspace, **extra):
-    values = dict(model=str(workspace / "model"), forget={"bio": str(workspace / "bio.jsonl")},
-                  retain=[str(workspace / "retain.txt")], layer=3, steps=6, batch_size=2, lr=5e-3,
-                  alpha=10.0, min_len=0, max_len=32, retain_max_len=32, seed=3, device="cpu")
-    return values | extra
 
 
 def cli_args(workspace, output, *extra):

@@ -8,23 +8,16 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_workspace
 from rmu import plots
 from rmu.analysis import sweep_layers
 from rmu.cli.sweep import command as sweep_command
-from rmu.testing import save_tiny_model, tiny_model
+from rmu.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("seeds")
-    save_tiny_model(folder / "model", "llama", num_layers=4)
-    (folder / "forget.jsonl").write_text("".join(
-        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(8)))
-    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(8)))
-    questions = [{"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"], "answer": i % 4}
-                 for i in range(4)]
-    (folder / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    return folder
+    return write_workspace(tmp_path_factory.mktemp("seeds"), "elements", layers=4, lines=8, questions=4)
 
 
 def test_coeff_sweep_on_two_seeds_reports_mean_and_std(workspace, tmp_path):

@@ -12,20 +12,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import write_workspace
 from rmu.cli import main
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.tasks import load_task
-from rmu.testing import save_tiny_model
 from rmu.tune import TuneError, TuneSettings, split_halves, tune
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tune")
-    save_tiny_model(folder / "model", "llama", num_layers=4)
-    (folder / "forget.jsonl").write_text("".join(
-        json.dumps({"text": f"Iron has the symbol Fe and atomic number {i}; oxygen is O."}) + "\n" for i in range(16)))
-    (folder / "retain.txt").write_text("\n".join(f"Paris is the capital of France, city {i}." for i in range(16)))
+    folder = write_workspace(tmp_path_factory.mktemp("tune"), "elements", layers=4, lines=16)
     forget = [{"question": f"The symbol of element {i} is", "choices": ["Fe", "O", "H", "N"], "answer": i % 4}
               for i in range(6)]
     retain = [{"question": f"The capital of country {i} is", "choices": ["Paris", "Rome", "Oslo", "Bern"],

@@ -10,28 +10,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from conftest import unlearn_options as options
 from rmu.cli import main
 from rmu.config import ConfigError, make_config
 from rmu.engine import UnlearnError, unlearn
-from rmu.testing import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("unlearn")
-    save_tiny_model(folder / "model", "llama", num_layers=6)
-    (folder / "bio.jsonl").write_text(
-        "".join(json.dumps({"text": f"Toxin {i} is made by pathogen {i % 5} in the laboratory."}) + "\n" for i in range(24))
-    )
-    (folder / "retain.txt").write_text("\n".join(f"The city number {i} is a capital of a country." for i in range(24)))
-    return folder
-
-
-def options(workspace, **extra):
-    values = dict(model=str(workspace / "model"), forget={"bio": str(workspace / "bio.jsonl")},
-                  retain=[str(workspace / "retain.txt")], layer=3, steps=6, batch_size=2, lr=5e-3,
-                  alpha=10.0, min_len=0, max_len=32, retain_max_len=32, seed=3, device="cpu")
-    return values | extra
 
 
 def run_cli(*args):
