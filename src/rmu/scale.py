@@ -76,7 +76,7 @@ def _response(runner, trained: dict[str, torch.nn.Parameter], frozen, target: to
 
     Both are means over tokens of a finite difference of step eps, divided by eps.
     """
-    from rmu.engine import masked_mse
+    from rmu.losses import masked_mse
 
     parameters = list(trained.values())
     with torch.enable_grad():
@@ -108,7 +108,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
     topic is measured. ``trained``: the model's trained tensors (restored after the probe step).
     """
     from rmu import rules
-    from rmu.engine import loss_mask
+    from rmu.losses import loss_mask
 
     auto = set(config.auto)
     topics = []

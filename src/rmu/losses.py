@@ -1,0 +1,47 @@
+"""The two losses' arithmetic: which positions count, and the mean squared error over them.
+
+Below the engine, so that the engine, the scale rule's calibration and the run health report
+compute the losses the same way without importing one another.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rmu.config import UnlearnConfig
+from rmu.data import TokenBatch
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+               in_model_dtype: bool = False) -> torch.Tensor:
+    """Mean squared error over batch x tokens x hidden; over real tokens only with a mask.
+
+    In float32, or in the prediction's own dtype with ``in_model_dtype`` (the published scripts).
+    """
+    if in_model_dtype:
+        target = target.to(prediction.dtype).expand_as(prediction)
+    else:
+        prediction, target = prediction.float(), target.float().expand_as(prediction)
+    if mask is None:
+        return F.mse_loss(prediction, target)
+    weights = mask.to(prediction.dtype).unsqueeze(-1)
+    # clamp: a rank whose rows hold no position (all masked) contributes 0, with weight 0 anyway
+    return ((prediction - target) ** 2 * weights).sum() / (weights.sum().clamp_min(1) * prediction.shape[-1])
+
+
+def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
+    """The positions the losses and norms use: None for all (the published scripts), else a 0/1 mask.
+
+    ``mask_padding`` drops pads; ``mask_first_token`` drops each row's first real token, the
+    attention sink, whose hidden state in models with massive activations (SmolLM2 from layer 11,
+    Llama, Mistral) is 100x larger than the others' and would otherwise dominate every MSE.
+    """
+    if not (config.mask_padding or config.mask_first_token):
+        return None
+    attention = batch.attention_mask
+    mask = attention.clone() if config.mask_padding else torch.ones_like(attention)
+    if config.mask_first_token:
+        first_real = attention.argmax(dim=1)  # left or right padding: the first 1 of each row
+        mask[torch.arange(mask.shape[0], device=mask.device), first_real] = 0
+    return mask
