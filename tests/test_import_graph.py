@@ -13,7 +13,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-
 def module_files(package: Path) -> dict[str, Path]:
     """``{dotted module name: file}`` for every module of the package folder ``package``."""
     modules = {}
