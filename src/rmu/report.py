@@ -1,9 +1,9 @@
-"""One self-contained page (HTML with figures embedded as base64 PNG, and Markdown) for run,
-sweep and analysis folders.
+"""One self-contained page (HTML with figures embedded as base64 PNG, and Markdown) for any folder
+an rmu command wrote: unlearning runs, sweeps, analyses, attacks, tuning studies.
 
-A folder is recognised by what it holds: ``sweep.json`` (``rmu sweep``), ``confidence.json``,
-``norms.json``, ``noise.json``, ``token_norms.json`` (``rmu analyze``) or ``run.json`` (``rmu unlearn``). Each becomes a
-section with its configuration, a table and every PNG of the folder.
+A folder's results are found by :mod:`rmu.experiments.registry` (a JSON file whose ``"kind"`` names
+an experiment, or a run's ``run.json``); each becomes a section with its settings, the tables and
+notes its experiment builds from the saved data, and its figures.
 """
 
 from __future__ import annotations
@@ -12,24 +12,14 @@ import base64
 import html
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from rmu.analysis.common import AnalysisError, read_json
+from rmu.experiments.base import ExperimentError, Section, Table, read_json
 from rmu.outputs import writes_folder
 
-RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "token_norms.json", "run.json")
-
-
-@dataclass
-class Section:
-    title: str
-    folder: Path
-    config: dict
-    tables: list[tuple[list[str], list[list]]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    figures: list[Path] = field(default_factory=list)
+# Results not yet shaped as experiments (rmu.experiments), shown by the sections below.
+LEGACY_RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json")
 
 
 def _fmt(value) -> str:
@@ -40,11 +30,19 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _section(folder: Path) -> Section:
-    found = [name for name in RESULT_FILES if (folder / name).is_file()]
-    if not found:
-        raise AnalysisError(f"{folder}: no result of rmu found ({', '.join(RESULT_FILES)})")
-    name = found[0]
+def sections_of(folder: Path) -> list[Section]:
+    """One section per result of rmu in ``folder``."""
+    from rmu.experiments.registry import results_in
+
+    sections = [experiment.section(folder, data) for experiment, data in results_in(folder)]
+    sections += [_legacy_section(folder, name) for name in LEGACY_RESULT_FILES if (folder / name).is_file()]
+    if not sections:
+        raise ExperimentError(f"{folder}: no result of rmu found (no run.json, and no JSON result of an rmu "
+                              "analysis, sweep, attack or study)")
+    return sections
+
+
+def _legacy_section(folder: Path, name: str) -> Section:
     data = read_json(folder / name)
     figures = sorted(folder.glob("*.png"))
     if name == "sweep.json":
@@ -52,26 +50,20 @@ def _section(folder: Path) -> Section:
     if name == "confidence.json":
         rows = [[m, e["count"], e["mean"], e["variance"], e["std"]] for m, e in data["models"].items()]
         return Section(f"MaxLogit confidence: {folder.name}", folder, data["settings"],
-                       [(["model", "tokens", "mean max logit", "variance", "std"], rows)], figures=figures)
+                       [Table(["model", "tokens", "mean max logit", "variance", "std"], rows)], figures=figures)
     if name == "norms.json":
         rows = [[run["label"], topic, s["frozen_forget_norm"][0], s["forget_norm"][-1], s["coeff"][-1],
                  f"{100 * s['final_gap']:.1f}%", s["forget_loss"][-1]]
                 for run in data["runs"] for topic, s in run["topics"].items()]
         header = ["run", "topic", "frozen norm", "final norm", "coefficient", "final |norm-c|/c", "final forget loss"]
-        return Section(f"Norm convergence: {folder.name}", folder, data["settings"], [(header, rows)], figures=figures)
-    if name == "noise.json":
-        models = list(data["models"])
-        layers = [r["layer"] for r in data["models"][models[0]]["layers"]]
-        by = {m: {r["layer"]: r["sensitivity"] for r in data["models"][m]["layers"]} for m in models}
-        rows = [[k, *(by[m].get(k) for m in models)] for k in layers]
-        return Section(f"Noise sensitivity: {folder.name}", folder, data["settings"], [(["layer k", *models], rows)],
+        return Section(f"Norm convergence: {folder.name}", folder, data["settings"], [Table(header, rows)],
                        figures=figures)
-    if name == "token_norms.json":
-        header = ["model", "layer", "median", "mean", "mean without first token", "first token", "max"]
-        rows = [[m, r["layer"], r["median"], r["mean"], r["mean_without_first"], r["first_token"], r["max"]]
-                for m, e in data["models"].items() for r in e["layers"]]
-        return Section(f"Token norms: {folder.name}", folder, data["settings"], [(header, rows)], figures=figures)
-    return _run_section(folder, data, figures)
+    models = list(data["models"])
+    layers = [r["layer"] for r in data["models"][models[0]]["layers"]]
+    by = {m: {r["layer"]: r["sensitivity"] for r in data["models"][m]["layers"]} for m in models}
+    rows = [[k, *(by[m].get(k) for m in models)] for k in layers]
+    return Section(f"Noise sensitivity: {folder.name}", folder, data["settings"], [Table(["layer k", *models], rows)],
+                   figures=figures)
 
 
 def _sweep_section(folder: Path, data: dict, figures: list[Path]) -> Section:
@@ -83,30 +75,18 @@ def _sweep_section(folder: Path, data: dict, figures: list[Path]) -> Section:
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     kind = "Layer sweep" if data["kind"] == "layers" else "Coefficient sweep"
     errors = [f"{p.get('method', '')} {p.get('layer', p.get('value'))}: {p['error']}" for p in data["points"] if "error" in p]
-    return Section(f"{kind}: {folder.name}", folder, data["settings"], [(header, rows)], errors, figures)
-
-
-def _run_section(folder: Path, data: dict, figures: list[Path]) -> Section:
-    steps = data.get("steps") or []
-    rows = []
-    if steps:
-        shown = steps if len(steps) <= 12 else [steps[i * (len(steps) - 1) // 11] for i in range(12)]
-        rows = [[r["step"], r["topic"], r["forget_loss"], r["retain_loss"], r["coeff"], r.get("forget_norm"),
-                 r.get("frozen_forget_norm")] for r in shown]
-    header = ["step", "topic", "forget loss", "retain loss", "coefficient", "forget norm", "frozen forget norm"]
-    notes = [f"coefficients: {data.get('coefficients')}", f"seconds: {data.get('seconds')}",
-             f"trained parameters: {', '.join(data.get('trained_parameters', []))}"]
-    return Section(f"Unlearning run: {folder.name}", folder, data.get("config", {}), [(header, rows)], notes, figures)
+    return Section(f"{kind}: {folder.name}", folder, data["settings"], [Table(header, rows)], errors, figures)
 
 
 def _markdown(sections: list[Section], title: str, figure_dir: Path, base: Path) -> str:
     out = [f"# {title}", ""]
     for index, section in enumerate(sections):
         out += [f"## {section.title}", "", f"Folder: `{section.folder}`", "", "Configuration:", "", "```json",
-                json.dumps(section.config, indent=2, default=str), "```", ""]
-        for header, rows in section.tables:
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+                json.dumps(section.settings, indent=2, default=str), "```", ""]
+        for table in section.tables:
+            out += [f"**{table.title}**", ""] if table.title else []
+            out += ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+            out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in table.rows]
             out.append("")
         out += [f"- {note}" for note in section.notes]
         for figure in section.figures:
@@ -125,10 +105,11 @@ def _html(sections: list[Section], title: str) -> str:
     for section in sections:
         out += [f"<h2>{e(section.title)}</h2>", f"<p>Folder: <code>{e(str(section.folder))}</code></p>",
                 "<details><summary>Configuration</summary><pre>",
-                e(json.dumps(section.config, indent=2, default=str)), "</pre></details>"]
-        for header, rows in section.tables:
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows]
+                e(json.dumps(section.settings, indent=2, default=str)), "</pre></details>"]
+        for table in section.tables:
+            out += [f"<h3>{e(table.title)}</h3>"] if table.title else []
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in table.rows]
             out.append("</table>")
         if section.notes:
             out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in section.notes) + "</ul>")
@@ -144,13 +125,13 @@ def _html(sections: list[Section], title: str) -> str:
 def build_report(folders: Sequence[str | Path], output: str | Path, title: str = "rmu report") -> dict[str, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) to ``output``."""
     if not folders:
-        raise AnalysisError("give at least one run, sweep or analysis folder")
+        raise ExperimentError("give at least one run, sweep, analysis, attack or study folder")
     sections = []
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
-            raise AnalysisError(f"{folder} is not a folder")
-        sections.append(_section(folder))
+            raise ExperimentError(f"{folder} is not a folder")
+        sections += sections_of(folder)
     output = Path(output)
     figure_dir = output / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)

@@ -2,65 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from rmu.data import TokenBatch, prepare_tokenizer, read_corpus, tokenize
 from rmu.engine import LayerRunner
-from rmu.errors import RmuError
+from rmu.experiments.base import ExperimentError, load_full_model, read_json, write_json  # noqa: F401
 from rmu.structure import find_structure, layer_hidden
 
 
-class AnalysisError(RmuError, ValueError):
-    """Bad input to a sweep or an analysis; the message says what to change."""
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (a crash never leaves half a file that a resume would trust)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2, default=_jsonable)
-        stream.write("\n")
-    os.replace(temporary, path)
-    return path
-
-
-def _jsonable(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def read_json(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise AnalysisError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise AnalysisError(f"{path} is not valid JSON: {error}") from None
-
-
-def load_full_model(source, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
-    """The whole model (with its LM head, evaluation needs it) and its tokenizer, in eval mode."""
-    from rmu.loading import CheckpointError, load_model
-
-    try:
-        model, tokenizer = load_model(source, upto_layer=None, dtype=getattr(torch, dtype), device=device,
-                                      trust_remote_code=trust_remote_code)
-    except (OSError, CheckpointError) as error:
-        raise AnalysisError(f"could not load model {source!s}: {error}") from None
-    return model.eval(), tokenizer
+# One error class for every experiment (analyses, sweeps, attacks); the old name stays.
+AnalysisError = ExperimentError
 
 
 def model_or_path(model, tokenizer=None, **load_options):

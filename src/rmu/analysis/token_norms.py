@@ -16,8 +16,10 @@ from typing import Sequence
 
 import torch
 
-from rmu.analysis.common import AnalysisError, decoder_outputs, forget_batches, model_or_path, write_json
-from rmu.outputs import writes_folder
+from pydantic import Field
+
+from rmu.analysis.common import decoder_outputs, forget_batches
+from rmu.experiments.base import Experiment, NamedModels, Settings, Table, open_models, split_models
 from rmu.structure import find_structure
 
 RESULT_FILE = "token_norms.json"
@@ -61,30 +63,65 @@ def token_norms(model, tokenizer, texts: Sequence[str] | str | Path, *, batch_si
     return results
 
 
-@writes_folder("analyze token-norms", inputs=("models", "texts"))
+class TokenNormsSettings(Settings):
+    models: NamedModels = Field(description="A model to measure, e.g. base=PATH (repeat).",
+                                json_schema_extra={"cli": "--model", "metavar": "NAME=PATH", "path": "dir"})
+    texts: str = Field(description="Texts the hidden states come from (a corpus file, e.g. the forget corpus).",
+                       json_schema_extra={"path": "file"})
+    max_batches: int | None = Field(2, ge=1, description="Batches of texts used.",
+                                    json_schema_extra={"cli": "--batches"})
+    batch_size: int = Field(4, ge=1, description="Texts per batch.")
+    max_len: int = Field(128, ge=1, description="Tokens kept of each text.")
+
+
+class TokenNorms(Experiment):
+    """Per layer: median token norm against the first real token's (the attention sink); see --mask-first-token."""
+
+    kind = "token_norms"
+    title = "Token norms"
+    command = "analyze token-norms"
+    settings = TokenNormsSettings
+
+    def compute(self, settings: TokenNormsSettings, progress: bool = True, models: dict | None = None,
+                texts: Sequence[str] | None = None) -> dict:
+        from rmu.progress import bar as tqdm
+
+        source = settings.texts if texts is None else texts
+        data = {"models": {}}
+        for name, model, tokenizer in tqdm(open_models(settings.models, models), total=len(settings.models),
+                                           desc="token norms", disable=not progress, unit="model"):
+            data["models"][name] = {"layers": token_norms(model, tokenizer, source, batch_size=settings.batch_size,
+                                                          max_len=settings.max_len,
+                                                          max_batches=settings.max_batches)}
+        return data
+
+    def figures(self, data: dict) -> dict:
+        from rmu import plots
+
+        return {"token_norms.png": plots.plot_token_norms(data)}
+
+    def tables(self, data: dict) -> list[Table]:
+        header = ["model", "layer", "median", "mean", "mean without first token", "first token", "max"]
+        rows = [[m, r["layer"], r["median"], r["mean"], r["mean_without_first"], r["first_token"], r["max"]]
+                for m, e in data["models"].items() for r in e["layers"]]
+        return [Table(header, rows)]
+
+    def summary(self, data: dict) -> list[str]:
+        lines = []
+        for name, entry in data["models"].items():
+            lines.append(f"{name}: layer: median / first-token norm")
+            lines.append("  " + ", ".join(f"{r['layer']}: {r['median']:.4g} / {r['first_token']:.4g}"
+                                          for r in entry["layers"]))
+        return lines
+
+
 def analyze_token_norms(models: dict, texts: Sequence[str] | str | Path, output: str | Path | None = None, *,
                         batch_size: int = 4, max_len: int = 128, max_batches: int | None = 2,
                         progress: bool = True, plot: bool = True) -> dict:
     """:func:`token_norms` for each model (name -> path or (model, tokenizer)); JSON and a plot."""
-    from rmu.progress import bar as tqdm
-
-    if not models:
-        raise AnalysisError("give at least one model")
-    data = {"kind": "token_norms",
-            "settings": {"batch_size": batch_size, "max_len": max_len, "max_batches": max_batches,
-                         "texts": str(texts) if isinstance(texts, (str, Path)) else f"{len(texts)} texts",
-                         "models": {n: str(m) if isinstance(m, (str, Path)) else "in memory"
-                                    for n, m in models.items()}},
-            "models": {}}
-    for name, source in tqdm(models.items(), desc="token norms", disable=not progress, unit="model"):
-        model, tokenizer = model_or_path(*source) if isinstance(source, tuple) else model_or_path(source)
-        data["models"][name] = {"layers": token_norms(model, tokenizer, texts, batch_size=batch_size,
-                                                      max_len=max_len, max_batches=max_batches)}
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu import plots
-
-            plots.save_figure(plots.plot_token_norms(data), output / "token_norms.png")
-    return data
+    described, loaded = split_models(models)
+    in_memory = not isinstance(texts, (str, Path))
+    settings = TokenNormsSettings.parse(models=described, texts=f"{len(texts)} texts" if in_memory else str(texts),
+                                        batch_size=batch_size, max_len=max_len, max_batches=max_batches)
+    return TokenNorms().run(settings, output, plot=plot, progress=progress,
+                            inputs={"models": loaded, "texts": list(texts) if in_memory else None})

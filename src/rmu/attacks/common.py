@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, model_or_path, write_json
-from rmu.errors import RmuError
+from rmu.experiments.base import ExperimentError
 from rmu.eval import SCORINGS, evaluate
 from rmu.eval.tasks import Task, load_task
 
 __all__ = ["AttackError", "as_models", "load_questions", "accuracy", "write_json", "describe_models"]
 
 
-class AttackError(RmuError, ValueError):
-    """Bad input to an attack; the message says what to change."""
+# One error class for every experiment (analyses, sweeps, attacks); the old name stays.
+AttackError = ExperimentError
 
 
 def as_models(models: dict) -> dict:

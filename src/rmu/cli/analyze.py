@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rmu.cli.experiments import experiment_command
 from rmu.cli.sweep import SCORINGS, parse_int_range
 
 
@@ -109,28 +110,10 @@ def noise_command(models, texts, layers_text, scale, scale_mode, samples, batche
     click.echo(f"noise.json and noise.png written to {output}")
 
 
-@command.command("token-norms")
-@click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH",
-              help="A model to measure, e.g. base=PATH (repeat).")
-@click.option("--texts", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Texts the hidden states come from (a corpus file, e.g. the forget corpus).")
-@click.option("--batches", type=click.IntRange(min=1), default=2, show_default=True, help="Batches of texts used.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--max-len", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--output", type=click.Path(file_okay=False), required=True)
-@click.option("--quiet", is_flag=True)
-def token_norms_command(models, texts, batches, batch_size, max_len, output, quiet):
-    """Per layer: median token norm against the first real token's (the attention sink); see --mask-first-token."""
-    from rmu.analysis import AnalysisError, analyze_token_norms
-    from rmu.outputs import OutputError
+def _token_norms():
+    from rmu.analysis.token_norms import TokenNorms
 
-    try:
-        data = analyze_token_norms(parse_models(models), texts, output, batch_size=batch_size, max_len=max_len,
-                                   max_batches=batches, progress=not quiet)
-    except (AnalysisError, OutputError) as error:
-        raise click.ClickException(str(error)) from None
-    for name, entry in data["models"].items():
-        click.echo(f"{name}: layer: median / first-token norm")
-        click.echo("  " + ", ".join(f"{r['layer']}: {r['median']:.4g} / {r['first_token']:.4g}"
-                                    for r in entry["layers"]))
-    click.echo(f"token_norms.json and token_norms.png written to {output}")
+    return experiment_command(TokenNorms(), "token-norms")
+
+
+command.add_command(_token_norms())
