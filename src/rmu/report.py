@@ -18,8 +18,9 @@ from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, read_json
 from rmu.outputs import writes_folder
+from rmu.run_folder import RUN_FILE
 
-RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "token_norms.json", "run.json")
+RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json", "token_norms.json", RUN_FILE)
 
 
 @dataclass
