@@ -154,3 +154,4 @@ def test_names_that_moved_are_still_importable_from_their_old_places():
     assert rmu.checkpoint.OutputPlan is rmu.run_folder.OutputPlan
     assert rmu.checkpoint.RUN_FILE == rmu.run_folder.RUN_FILE == "run.json"
     assert callable(distributed.load_sharded) and callable(loading.load_sharded)
+    assert distributed.UpdatedLayers is runner.UpdatedLayers

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rmu.structure import layer_hidden
+from rmu.runner import LayerRunner, UpdatedLayers  # noqa: F401  (UpdatedLayers: also rmu.distributed's name)
 
 
 @dataclass(frozen=True)
@@ -129,30 +129,15 @@ def session(device_option: str) -> Iterator[Ranks]:
             dist.destroy_process_group()
 
 
-class UpdatedLayers(nn.Module):
-    """The layers first updated .. l as one module, so DDP / FSDP can wrap them."""
+def distribute(runner: LayerRunner, ranks: Ranks, fsdp: bool, frozen_copy: list[nn.Module] | None = None) -> None:
+    """Wrap the runner's updated layers for data-parallel (DDP) or sharded (FSDP2) training.
 
-    def __init__(self, layers: list[nn.Module], gradient_checkpointing: bool = False):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.gradient_checkpointing = gradient_checkpointing
-
-    def forward(self, hidden: torch.Tensor, calls: list) -> torch.Tensor:
-        for layer, call in zip(self.layers, calls):
-            if self.gradient_checkpointing:
-                # Keep only each layer's input; recompute its activations during backward.
-                hidden = torch.utils.checkpoint.checkpoint(_run_layer, layer, hidden, call, use_reentrant=False)
-            else:
-                hidden = _run_layer(layer, hidden, call)
-        return hidden
-
-
-def _run_layer(layer: nn.Module, hidden: torch.Tensor, call) -> torch.Tensor:
-    if call.hidden_is_keyword:
-        output = layer(*call.args, hidden_states=hidden, **call.kwargs)
-    else:
-        output = layer(hidden, *call.args, **call.kwargs)
-    return layer_hidden(output)
+    ``frozen_copy``: sharded frozen layers that :func:`rmu.loading.load_sharded` already built.
+    """
+    if fsdp:
+        runner.updated_module, runner.frozen_copy = shard_updated_layers(runner.stack, ranks, frozen_copy)
+    elif ranks.distributed:
+        runner.updated_module = wrap_data_parallel(runner.stack, ranks)
 
 
 def wrap_data_parallel(stack: UpdatedLayers, ranks: Ranks) -> nn.Module:

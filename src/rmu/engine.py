@@ -249,7 +249,7 @@ def _unlearn(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
     trained = select_parameters(model, structure, config.update_layers, config.params)
     original = {name: p.detach().clone() for name, p in trained.items()}
     with trainable_only(model, trained):
-        run = _prepare(config, plan, ranks, model, structure, trained, original, frozen_copy, corpora, tokenizer)
+        run = _prepare(config, plan, ranks, model, tokenizer, structure, original, frozen_copy, corpora)
         _loop(run, plan, callbacks, progress)
     return _finish(run, plan, loaded_from_source, progress, started)
 
@@ -317,17 +317,20 @@ class _Run:
 
 
 def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distributed.Ranks, model: nn.Module,
-             structure: ModelStructure, trained: dict[str, nn.Parameter], original: dict[str, torch.Tensor],
-             frozen_copy, corpora: _Corpora, tokenizer) -> _Run:
-    """Runner, trained tensors, control vectors, token batches, coefficients, optimizer; resume state."""
+             tokenizer, structure: ModelStructure, original: dict[str, torch.Tensor], frozen_copy,
+             corpora: _Corpora) -> _Run:
+    """Runner, trained tensors, control vectors, token batches, coefficients, optimizer; resume state.
+
+    ``original``: the original values of the trained tensors, by name.
+    """
     device = ranks.device
     runner = LayerRunner(model, structure, config.update_layers[0], config.layer, original,
                          config.gradient_checkpointing)
-    runner.distribute(ranks, config.fsdp, frozen_copy)
+    distributed.distribute(runner, ranks, config.fsdp, frozen_copy)
     if config.train_mode:
         runner.updated_module.train()  # as the published scripts' updated_model.train()
     parameters = dict(model.named_parameters())  # FSDP replaced the trained parameters by shards
-    tensors = TrainedTensors({name: parameters[name] for name in trained}, config.master_weights)
+    tensors = TrainedTensors({name: parameters[name] for name in original}, config.master_weights)
     model_dtype = next(iter(tensors.in_model.values())).dtype
 
     topics = config.topics
@@ -540,34 +543,37 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
         target = _forget_target(config, coeff, scalar, u)
         return masked_mse(updated_forget, target, forget_mask, in_model_dtype), coeff
 
-    tensors.zero_grad()
     gradient_scale = ranks.world_size  # DDP / FSDP divide the summed gradients by the world size
+
+    def forget_part():
+        """(updated output, the error weighted for backward, the logged full-batch loss, coefficients)"""
+        updated = runner.updated(frozen_forget)
+        error, coeff = forget_error_of(updated)
+        loss = ranks.sum(error.detach() * forget_share.weight)
+        _check_finite(loss, "forget", step, topic)
+        return updated, error * (forget_share.weight * gradient_scale), loss, coeff
+
+    def retain_part():
+        updated = runner.updated(frozen_retain)
+        error = alpha * masked_mse(updated, retain_target, retain_mask, in_model_dtype)
+        loss = ranks.sum(error.detach() * retain_share.weight)
+        _check_finite(loss, "retain", step, topic)
+        return updated, error * (retain_share.weight * gradient_scale), loss
+
+    tensors.zero_grad()
     if config.single_backward:
         # One backward of forget + alpha * retain, as the published scripts (both graphs held at once).
-        updated_forget = runner.updated(frozen_forget)
-        forget_error, coeff = forget_error_of(updated_forget)
-        forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
-        _check_finite(forget_loss, "forget", step, topic)
-        updated_retain = runner.updated(frozen_retain)
-        retain_error = alpha * masked_mse(updated_retain, retain_target, retain_mask, in_model_dtype)
-        retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
-        _check_finite(retain_loss, "retain", step, topic)
-        (forget_error * (forget_share.weight * gradient_scale)
-         + retain_error * (retain_share.weight * gradient_scale)).backward()
+        updated_forget, forget_weighted, forget_loss, coeff = forget_part()
+        updated_retain, retain_weighted, retain_loss = retain_part()
+        (forget_weighted + retain_weighted).backward()
     else:
         # Two backward passes (forget, then retain) sum the same gradient with half the live activations;
         # gradients are averaged across ranks once, in the second.
         with distributed.without_gradient_sync(runner.updated_module):
-            updated_forget = runner.updated(frozen_forget)
-            forget_error, coeff = forget_error_of(updated_forget)
-            forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
-            _check_finite(forget_loss, "forget", step, topic)
-            (forget_error * (forget_share.weight * gradient_scale)).backward()
-        updated_retain = runner.updated(frozen_retain)
-        retain_error = alpha * masked_mse(updated_retain, retain_target, retain_mask, in_model_dtype)
-        retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
-        _check_finite(retain_loss, "retain", step, topic)
-        (retain_error * (retain_share.weight * gradient_scale)).backward()
+            updated_forget, forget_weighted, forget_loss, coeff = forget_part()
+            forget_weighted.backward()
+        updated_retain, retain_weighted, retain_loss = retain_part()
+        retain_weighted.backward()
     tensors.gradients_to_master()
     context.optimizer.step()
     tensors.master_to_model()

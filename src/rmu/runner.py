@@ -2,7 +2,8 @@
 
 * :class:`LayerRunner` runs layers 0..l of a model twice per batch, as the engine needs (see
   :mod:`rmu.engine`): a frozen pass (the original weights swapped in, no gradients) that stops
-  right after layer l and records what each updated layer receives, then the updated layers again,
+  right after layer l and records what each updated layer receives, then the updated layers
+  (:class:`UpdatedLayers`, the module DDP / FSDP wrap: :func:`rmu.distributed.distribute`) again,
   with gradients, from that shared prefix;
 * :func:`forward_until` stops any forward pass right after a given layer (nothing above it runs);
 * :func:`layer_output` and :func:`decoder_outputs` read decoder layers' output hidden states;
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
-from rmu import distributed
 from rmu.data import TokenBatch
 from rmu.structure import ModelStructure, StructureError, check_layer, find_structure, layer_hidden
 
@@ -112,6 +113,32 @@ class FrozenPass:
     output: torch.Tensor  # frozen layer-l output
 
 
+class UpdatedLayers(nn.Module):
+    """The layers first updated .. l as one module, so DDP / FSDP can wrap them."""
+
+    def __init__(self, layers: list[nn.Module], gradient_checkpointing: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, hidden: torch.Tensor, calls: list[_LayerCall]) -> torch.Tensor:
+        for layer, call in zip(self.layers, calls):
+            if self.gradient_checkpointing:
+                # Keep only each layer's input; recompute its activations during backward.
+                hidden = torch.utils.checkpoint.checkpoint(_run_layer, layer, hidden, call, use_reentrant=False)
+            else:
+                hidden = _run_layer(layer, hidden, call)
+        return hidden
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, call: _LayerCall) -> torch.Tensor:
+    if call.hidden_is_keyword:
+        output = layer(*call.args, hidden_states=hidden, **call.kwargs)
+    else:
+        output = layer(hidden, *call.args, **call.kwargs)
+    return layer_hidden(output)
+
+
 class LayerRunner:
     """Runs layers 0..l of a model: frozen (original weights, no grad) or updated (with grad)."""
 
@@ -120,21 +147,10 @@ class LayerRunner:
         self.model = model
         self.decoder_layers = structure.layers
         self.first = first
-        self.stack = distributed.UpdatedLayers([structure.layers[i] for i in range(first, last + 1)],
-                                               gradient_checkpointing)
-        self.updated_module: nn.Module = self.stack  # DDP / FSDP wrap it when distributed
+        self.stack = UpdatedLayers([structure.layers[i] for i in range(first, last + 1)], gradient_checkpointing)
+        self.updated_module: nn.Module = self.stack  # DDP / FSDP wrap it (rmu.distributed.distribute)
         self.frozen_weights = frozen_weights
         self.frozen_copy: list[nn.Module] | None = None  # under FSDP, runs in place of layers first..l
-
-    def distribute(self, ranks: distributed.Ranks, fsdp: bool, frozen_copy: list[nn.Module] | None = None) -> None:
-        """Wrap the updated layers for data-parallel (DDP) or sharded (FSDP2) training.
-
-        ``frozen_copy``: sharded frozen layers that :func:`rmu.loading.load_sharded` already built.
-        """
-        if fsdp:
-            self.updated_module, self.frozen_copy = distributed.shard_updated_layers(self.stack, ranks, frozen_copy)
-        elif ranks.distributed:
-            self.updated_module = distributed.wrap_data_parallel(self.stack, ranks)
 
     @contextlib.contextmanager
     def _frozen_layers_in_place(self):
