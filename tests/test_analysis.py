@@ -426,3 +426,14 @@ def test_decoder_outputs_are_the_layers_outputs_not_the_final_norm():
     # transformers' last hidden state is the final norm of the last layer's output (Llama)
     torch.testing.assert_close(model.model.norm(outputs[2]), states[3])
     assert not torch.allclose(outputs[2], states[3])
+
+
+def test_noise_at_the_last_layer_is_the_noise_to_signal_ratio():
+    # g is the identity for k = L-1: the noise must reach the captured output (it was lost before the
+    # stop-after-layer hook moved to rmu.runner.forward_until, which runs the layer's earlier hooks first).
+    from rmu.analysis.noise import noise_sensitivity
+
+    model, tokenizer = tiny_model("llama", num_layers=4)
+    texts = ["Paris is the capital of France.", "Iron has the symbol Fe and oxygen is O."]
+    [last] = noise_sensitivity(model, tokenizer, texts, layers=[3], scale=0.1, samples=2, progress=False)
+    assert 0.5 * 0.1 ** 2 < last["sensitivity"] < 1.5 * 0.1 ** 2

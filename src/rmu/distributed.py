@@ -21,7 +21,7 @@ Data parallel (the default when there are several ranks):
 ``--fsdp`` shards with FSDP2 (``torch.distributed.fsdp.fully_shard``) instead, for models whose
 layers 0..l do not fit one device. Every decoder layer 0..l is sharded on the meta device before
 anything is read, and each rank then reads only its own rows of each tensor from the safetensors
-files (:func:`load_sharded`): no rank ever holds a whole layer outside the forward pass, and peak
+files (:func:`rmu.loading.load_sharded`): no rank ever holds a whole layer outside the forward pass, and peak
 memory per rank is about 1/N of layers 0..l plus the embeddings (replicated). The frozen pass
 cannot swap the original weights in by name (FSDP replaces the parameters it all-gathers), so a
 frozen copy of the updated layers, sharded and read the same way, runs in their place. With
@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rmu.structure import find_structure, layer_hidden
+from rmu.runner import LayerRunner, UpdatedLayers  # noqa: F401  (UpdatedLayers: also rmu.distributed's name)
 
 
 @dataclass(frozen=True)
@@ -129,30 +129,15 @@ def session(device_option: str) -> Iterator[Ranks]:
             dist.destroy_process_group()
 
 
-class UpdatedLayers(nn.Module):
-    """The layers first updated .. l as one module, so DDP / FSDP can wrap them."""
+def distribute(runner: LayerRunner, ranks: Ranks, fsdp: bool, frozen_copy: list[nn.Module] | None = None) -> None:
+    """Wrap the runner's updated layers for data-parallel (DDP) or sharded (FSDP2) training.
 
-    def __init__(self, layers: list[nn.Module], gradient_checkpointing: bool = False):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.gradient_checkpointing = gradient_checkpointing
-
-    def forward(self, hidden: torch.Tensor, calls: list) -> torch.Tensor:
-        for layer, call in zip(self.layers, calls):
-            if self.gradient_checkpointing:
-                # Keep only each layer's input; recompute its activations during backward.
-                hidden = torch.utils.checkpoint.checkpoint(_run_layer, layer, hidden, call, use_reentrant=False)
-            else:
-                hidden = _run_layer(layer, hidden, call)
-        return hidden
-
-
-def _run_layer(layer: nn.Module, hidden: torch.Tensor, call) -> torch.Tensor:
-    if call.hidden_is_keyword:
-        output = layer(*call.args, hidden_states=hidden, **call.kwargs)
-    else:
-        output = layer(hidden, *call.args, **call.kwargs)
-    return layer_hidden(output)
+    ``frozen_copy``: sharded frozen layers that :func:`rmu.loading.load_sharded` already built.
+    """
+    if fsdp:
+        runner.updated_module, runner.frozen_copy = shard_updated_layers(runner.stack, ranks, frozen_copy)
+    elif ranks.distributed:
+        runner.updated_module = wrap_data_parallel(runner.stack, ranks)
 
 
 def wrap_data_parallel(stack: UpdatedLayers, ranks: Ranks) -> nn.Module:
@@ -184,7 +169,8 @@ def shard_updated_layers(stack: UpdatedLayers, ranks: Ranks,
                          frozen_copy: list[nn.Module] | None = None) -> tuple[nn.Module, list[nn.Module]]:
     """FSDP2 over the updated layers (in place), plus a sharded frozen copy of them for the frozen pass.
 
-    ``frozen_copy`` given: the layers and the copy were sharded as they were loaded (:func:`load_sharded`).
+    ``frozen_copy`` given: the layers and the copy were sharded as they were loaded
+    (:func:`rmu.loading.load_sharded`).
     """
     from torch.distributed.fsdp import fully_shard
 
@@ -199,40 +185,11 @@ def shard_updated_layers(stack: UpdatedLayers, ranks: Ranks,
 
 def load_sharded(source, upto_layer: int, first_updated: int, ranks: Ranks, dtype: torch.dtype,
                  trust_remote_code: bool = False):
-    """``(model, tokenizer, frozen_copy)`` with decoder layers 0..upto_layer sharded across the ranks.
-
-    The model is built on the meta device, each decoder layer (and a frozen copy of layers
-    first_updated..upto_layer, for the frozen pass) is sharded by FSDP2 while still empty, and only
-    then are the weights read: each rank its own rows (:func:`rmu.loading.fill_shard`). The
-    embeddings and the final norm are read whole on every rank.
-    """
-    from torch.distributed.fsdp import fully_shard
-
+    """:func:`rmu.loading.load_sharded` over this job's mesh of ranks (the loading itself lives there)."""
     from rmu import loading
 
-    folder = loading.resolve_checkpoint(source)
-    tokenizer = loading.load_tokenizer(folder, trust_remote_code=trust_remote_code)
-    model = loading.truncated_skeleton(folder, upto_layer, dtype, trust_remote_code)
-    layers = find_structure(model).layers
-    layers_name = next(name for name, module in model.named_modules() if module is layers)
-    frozen_copy = [copy.deepcopy(layers[i]).requires_grad_(False) for i in range(first_updated, upto_layer + 1)]
-    mesh = device_mesh(ranks)
-    for layer in [*layers, *frozen_copy]:
-        _shard_empty(layer, mesh, ranks.device, fully_shard)
-    loading.materialise(model, folder, dtype, ranks.device)
-    for offset, layer in enumerate(frozen_copy):
-        loading.fill_sharded_copy(layer, f"{layers_name}.{first_updated + offset}", folder)
-    return model, tokenizer, frozen_copy
-
-
-def _shard_empty(layer: nn.Module, mesh, device: torch.device, fully_shard) -> None:
-    """Shard a layer whose parameters are on the meta device and give the shards (empty) storage."""
-    buffers = {name: buffer for name, buffer in layer.named_buffers() if not buffer.is_meta}
-    fully_shard(layer, mesh=mesh, reshard_after_forward=True)
-    layer.to_empty(device=device)  # allocates this rank's shard only; wipes buffers, restored below
-    for name, buffer in buffers.items():
-        module_name, _, attribute = name.rpartition(".")
-        (layer.get_submodule(module_name) if module_name else layer)._buffers[attribute] = buffer.to(device)
+    return loading.load_sharded(source, upto_layer, first_updated, device_mesh(ranks), ranks.device, dtype,
+                                trust_remote_code)
 
 
 @contextlib.contextmanager

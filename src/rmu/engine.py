@@ -10,6 +10,8 @@ hidden state. Here, per batch:
    each layer (masks, rotary embeddings), which are identical for the frozen and updated models;
 2. the updated layers (first updated .. l) run again with gradients, from that shared prefix.
 
+(Both passes: :class:`rmu.runner.LayerRunner`. This module keeps the run itself: prepare, loop, finish.)
+
 So the model is held once, plus a copy of only the trained tensors; nothing above layer l runs;
 only the trained tensors get gradients. The losses are those of a plain two-model implementation
 (tests/reference_rmu.py checks them step by step); the published scripts' own arithmetic
@@ -41,7 +43,6 @@ Precision and memory switches:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -54,129 +55,19 @@ import torch.nn.functional as F
 from torch import nn
 from rmu.progress import bar as tqdm, write as progress_write
 
-from rmu import checkpoint, distributed, divergence, health, keywords, rules, scale
+from rmu import distributed, divergence, health, keywords, rules, run_folder, scale
 from rmu.config import UnlearnConfig
 from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
                       tokenize)
 from rmu.errors import RmuError
 from rmu.losses import loss_mask, masked_mse  # noqa: F401  (also rmu.engine's public names)
 from rmu.optim import make_optimizer
-from rmu.structure import ModelStructure, find_structure, layer_hidden, select_parameters
+from rmu.runner import FrozenPass, LayerRunner, _LayerCall, trainable_only  # noqa: F401  (also rmu.engine's names)
+from rmu.structure import ModelStructure, check_layer, find_structure, select_parameters
 
 
 class UnlearnError(RmuError, RuntimeError):
     """The run cannot go on (bad layer, diverging loss, ...); the message says why and what to do."""
-
-
-class _StopForward(Exception):
-    """Raised inside the model's forward once the layers we need have run."""
-
-
-@dataclass
-class _LayerCall:
-    args: tuple  # positional arguments after the hidden state
-    kwargs: dict
-    hidden_is_keyword: bool
-
-
-@dataclass
-class FrozenPass:
-    """What one frozen pass leaves behind for the updated pass and the losses."""
-
-    hidden_in: torch.Tensor  # input of the first updated layer (shared by both models)
-    calls: list[_LayerCall]  # arguments of layers first..l
-    output: torch.Tensor  # frozen layer-l output
-
-
-class LayerRunner:
-    """Runs layers 0..l of a model: frozen (original weights, no grad) or updated (with grad)."""
-
-    def __init__(self, model: nn.Module, structure: ModelStructure, first: int, last: int,
-                 frozen_weights: dict[str, torch.Tensor], gradient_checkpointing: bool = False):
-        self.model = model
-        self.decoder_layers = structure.layers
-        self.first = first
-        self.stack = distributed.UpdatedLayers([structure.layers[i] for i in range(first, last + 1)],
-                                               gradient_checkpointing)
-        self.updated_module: nn.Module = self.stack  # DDP / FSDP wrap it when distributed
-        self.frozen_weights = frozen_weights
-        self.frozen_copy: list[nn.Module] | None = None  # under FSDP, runs in place of layers first..l
-
-    def distribute(self, ranks: distributed.Ranks, fsdp: bool, frozen_copy: list[nn.Module] | None = None) -> None:
-        """Wrap the updated layers for data-parallel (DDP) or sharded (FSDP2) training.
-
-        ``frozen_copy``: sharded frozen layers that :func:`distributed.load_sharded` already built.
-        """
-        if fsdp:
-            self.updated_module, self.frozen_copy = distributed.shard_updated_layers(self.stack, ranks, frozen_copy)
-        elif ranks.distributed:
-            self.updated_module = distributed.wrap_data_parallel(self.stack, ranks)
-
-    @contextlib.contextmanager
-    def _frozen_layers_in_place(self):
-        if self.frozen_copy is None:
-            yield list(self.stack.layers), self.frozen_weights
-            return
-        updated = list(self.stack.layers)
-        for offset, layer in enumerate(self.frozen_copy):
-            self.decoder_layers[self.first + offset] = layer
-        try:
-            yield self.frozen_copy, {}
-        finally:
-            for offset, layer in enumerate(updated):
-                self.decoder_layers[self.first + offset] = layer
-
-    def frozen(self, batch: TokenBatch) -> FrozenPass:
-        with self._frozen_layers_in_place() as (layers, weights), _eval_mode(self.stack):
-            return self._frozen_pass(batch, layers, weights)
-
-    def _frozen_pass(self, batch: TokenBatch, layers: list[nn.Module], weights: dict) -> FrozenPass:
-        calls: list[_LayerCall] = []
-        captured: dict[str, torch.Tensor] = {}
-
-        def record_inputs(module, args, kwargs):
-            hidden_is_keyword = not args
-            if not calls:
-                captured["hidden_in"] = kwargs["hidden_states"] if hidden_is_keyword else args[0]
-            rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            calls.append(_LayerCall(tuple(args[1:]), rest_kwargs, hidden_is_keyword))
-
-        def record_output_and_stop(module, args, kwargs, output):
-            captured["output"] = layer_hidden(output)
-            raise _StopForward
-
-        handles = [layer.register_forward_pre_hook(record_inputs, with_kwargs=True) for layer in layers]
-        handles.append(layers[-1].register_forward_hook(record_output_and_stop, with_kwargs=True))
-        try:
-            with torch.no_grad():
-                torch.func.functional_call(
-                    self.model, weights, (),
-                    {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False},
-                    strict=False,
-                )
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        if "output" not in captured:
-            raise UnlearnError("the model's forward never reached the steered layer")
-        return FrozenPass(captured["hidden_in"], calls, captured["output"])
-
-    def updated(self, frozen: FrozenPass) -> torch.Tensor:
-        return self.updated_module(frozen.hidden_in, frozen.calls)
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """The frozen model never trains: its pass runs in eval mode even when the updated layers train."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 @dataclass
@@ -275,14 +166,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _load(config: UnlearnConfig, device: torch.device):
-    """The model (layers 0..l only, unless full_load) and its tokenizer, from the config's source."""
-    from rmu.loading import load_model
+def _load(config: UnlearnConfig, ranks: distributed.Ranks):
+    """``(model, tokenizer, frozen_copy)`` from the config's source: layers 0..l only unless full_load.
 
-    return load_model(
+    With --fsdp the layers are sharded as they are read, and ``frozen_copy`` (sharded frozen copies
+    of the updated layers) is built with them; otherwise it is None.
+    """
+    from rmu import loading
+
+    if config.fsdp and not config.full_load:
+        return loading.load_sharded(config.model, config.layer, config.update_layers[0],
+                                    distributed.device_mesh(ranks), ranks.device, load_dtype(config),
+                                    config.trust_remote_code)
+    model, tokenizer = loading.load_model(
         config.model, upto_layer=None if config.full_load else config.layer, dtype=load_dtype(config),
-        device=device, trust_remote_code=config.trust_remote_code,
+        device=ranks.device, trust_remote_code=config.trust_remote_code,
     )
+    return model, tokenizer, None
 
 
 def _check_layer_before_loading(config: UnlearnConfig) -> None:
@@ -290,16 +190,6 @@ def _check_layer_before_loading(config: UnlearnConfig) -> None:
     from rmu.preflight import check_run
 
     check_run(config)
-
-
-def _freeze_all_but(model: nn.Module, trained: dict[str, nn.Parameter]) -> dict[str, bool]:
-    """Give gradients only to the trained weights; returns the previous flags to restore them."""
-    previous = {name: p.requires_grad for name, p in model.named_parameters()}
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for parameter in trained.values():
-        parameter.requires_grad_(True)
-    return previous
 
 
 class TrainedTensors:
@@ -343,49 +233,104 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
     """
     started = time.perf_counter()
     # Before anything slow: refuse an output rmu must not write, and lock it (rank 0) until the end.
-    with distributed.session(config.device) as ranks, checkpoint.OutputPlan.claim(config, ranks.is_main) as plan:
+    with distributed.session(config.device) as ranks, run_folder.OutputPlan.claim(config, ranks.is_main) as plan:
         return _unlearn(config, plan, ranks, model, tokenizer, callbacks, progress and ranks.is_main, started)
 
 
-def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distributed.Ranks, model: nn.Module | None,
+def _unlearn(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distributed.Ranks, model: nn.Module | None,
              tokenizer, callbacks: tuple[Callback, ...], progress: bool, started: float) -> UnlearnResult:
+    """Prepare (load, tokenize, control vectors, coefficients), loop over the steps, finish (health, save)."""
+    _check_launch(config, ranks, model)
+    corpora = _read_corpora(config)
+    loaded_from_source = model is None
+    model, tokenizer, frozen_copy = _model_and_tokenizer(config, ranks, model, tokenizer)
+    structure = find_structure(model)
+    check_layer(config.layer, structure.num_layers, option="--layer", error=UnlearnError)
+    trained = select_parameters(model, structure, config.update_layers, config.params)
+    original = {name: p.detach().clone() for name, p in trained.items()}
+    with trainable_only(model, trained):
+        run = _prepare(config, plan, ranks, model, tokenizer, structure, original, frozen_copy, corpora)
+        _loop(run, plan, callbacks, progress)
+    return _finish(run, plan, loaded_from_source, progress, started)
+
+
+def _check_launch(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module | None) -> None:
     if config.fsdp and not ranks.distributed:
         raise UnlearnError("--fsdp shards the updated layers across processes: launch with --nproc N or torchrun")
     if config.fsdp and model is not None:
         raise UnlearnError("--fsdp needs the engine to load config.model itself, not a model passed in memory")
-    corpora = _read_corpora(config)
-    device = ranks.device
-    loaded_from_source = model is None
-    frozen_copy = None  # built while loading when FSDP shards layers as they are read
-    if loaded_from_source:
+
+
+def _model_and_tokenizer(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module | None, tokenizer):
+    """``(model in eval mode, prepared tokenizer, frozen_copy)``: the ones passed in, or loaded from config.model.
+
+    ``frozen_copy`` is built while loading when FSDP shards layers as they are read, else None.
+    """
+    frozen_copy = None
+    if model is None:
         _check_layer_before_loading(config)
-        if config.fsdp and not config.full_load:
-            model, tokenizer, frozen_copy = distributed.load_sharded(
-                config.model, config.layer, config.update_layers[0], ranks, load_dtype(config),
-                config.trust_remote_code)
-        else:
-            model, tokenizer = _load(config, device)
-    if loaded_from_source and config.slow_tokenizer:
-        tokenizer = _slow_tokenizer(config)
+        model, tokenizer, frozen_copy = _load(config, ranks)
+        if config.slow_tokenizer:
+            tokenizer = _slow_tokenizer(config)
     if tokenizer is None:
         raise UnlearnError("pass the tokenizer together with the model")
     prepare_tokenizer(tokenizer, force_eos_pad=config.pad_eos)
     model.eval()  # the frozen pass never uses dropout; train_mode switches the updated layers below
-    structure = find_structure(model)
-    if config.layer >= structure.num_layers:
-        raise UnlearnError(
-            f"--layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}"
-        )
-    trained = select_parameters(model, structure, config.update_layers, config.params)
-    original = {name: p.detach().clone() for name, p in trained.items()}
-    previous_flags = _freeze_all_but(model, trained)
+    return model, tokenizer, frozen_copy
+
+
+@dataclass
+class _StepContext:
+    """What every step uses, the same over the whole run (Adaptive RMU's coefficients taken from the
+    updated model are filled in at each topic's first step)."""
+
+    config: UnlearnConfig
+    ranks: distributed.Ranks
+    runner: LayerRunner
+    tensors: TrainedTensors
+    optimizer: torch.optim.Optimizer
+    noise: torch.Generator
+    coefficients: dict[str, float | None]
+    targets: dict[str, torch.Tensor]  # u per topic, on the device, in the dtype the targets are formed in
+
+
+@dataclass
+class _Run:
+    """A prepared run: what the loop steps through and what the finished result is made of."""
+
+    context: _StepContext
+    model: nn.Module
+    tokenizer: object
+    structure: ModelStructure
+    original: dict[str, torch.Tensor]
+    vectors: dict[str, torch.Tensor]
+    batches: list  # topic -> batch index -> (forget batch, retain batch)
+    steps: int
+    start: int  # the first step to run (later than 0 when resuming)
+    records: list[dict]
+    keywords: dict | None
+    calibration: dict | None
+
+    @property
+    def config(self) -> UnlearnConfig:  # the calibrated one with --auto
+        return self.context.config
+
+
+def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distributed.Ranks, model: nn.Module,
+             tokenizer, structure: ModelStructure, original: dict[str, torch.Tensor], frozen_copy,
+             corpora: _Corpora) -> _Run:
+    """Runner, trained tensors, control vectors, token batches, coefficients, optimizer; resume state.
+
+    ``original``: the original values of the trained tensors, by name.
+    """
+    device = ranks.device
     runner = LayerRunner(model, structure, config.update_layers[0], config.layer, original,
                          config.gradient_checkpointing)
-    runner.distribute(ranks, config.fsdp, frozen_copy)
+    distributed.distribute(runner, ranks, config.fsdp, frozen_copy)
     if config.train_mode:
         runner.updated_module.train()  # as the published scripts' updated_model.train()
     parameters = dict(model.named_parameters())  # FSDP replaced the trained parameters by shards
-    tensors = TrainedTensors({name: parameters[name] for name in trained}, config.master_weights)
+    tensors = TrainedTensors({name: parameters[name] for name in original}, config.master_weights)
     model_dtype = next(iter(tensors.in_model.values())).dtype
 
     topics = config.topics
@@ -415,45 +360,55 @@ def _unlearn(config: UnlearnConfig, plan: checkpoint.OutputPlan, ranks: distribu
     # The published draw scales u by c in the model's dtype; rmu's in float32.
     target_dtype = model_dtype if config.vector_draw == "original" else torch.float32
     targets = {t: vectors[t].to(device, target_dtype) for t in topics}
-    bar = tqdm(range(start, steps), total=steps, initial=start, desc="unlearning", disable=not progress)
+    context = _StepContext(config, ranks, runner, tensors, optimizer, noise, coefficients, targets)
+    return _Run(context, model, tokenizer, structure, original, vectors, batches, steps, start, records,
+                corpora.keywords, calibration)
+
+
+def _loop(run: _Run, plan: run_folder.OutputPlan, callbacks: tuple[Callback, ...], progress: bool) -> None:
+    """The steps from run.start on, each record appended to run.records; resumable state every save_every."""
+    context, config, steps = run.context, run.config, run.steps
+    topics, device, ranks = config.topics, context.ranks.device, context.ranks
+    bar = tqdm(range(run.start, steps), total=steps, initial=run.start, desc="unlearning", disable=not progress)
     try:
         for step in bar:
-            topic_index = step % len(topics)
-            forget_batch, retain_batch = (b.to(device) for b in batches[topic_index][step // len(topics)])
-            record = _step(config, runner, tensors, optimizer, noise, ranks, step, topics[topic_index], topic_index,
-                           forget_batch, retain_batch, targets[topics[topic_index]], coefficients)
-            records.append(record)
-            if problem := divergence.check(records, config):
+            forget_batch, retain_batch = (b.to(device) for b in run.batches[step % len(topics)][step // len(topics)])
+            record = _step(context, step, forget_batch, retain_batch)
+            run.records.append(record)
+            if problem := divergence.check(run.records, config):
                 raise UnlearnError(problem)
             bar.set_postfix(topic=record["topic"], forget=f"{record['forget_loss']:.4g}",
                             retain=f"{record['retain_loss']:.4g}", coeff=f"{record['coeff']:.4g}")
             for callback in callbacks:
                 callback(record)
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < steps and ranks.is_main:
-                plan.save_state(step + 1, records, tensors.master, optimizer, noise)
+                plan.save_state(step + 1, run.records, context.tensors.master, context.optimizer, context.noise)
     finally:
         bar.close()
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(previous_flags.get(name, parameter.requires_grad))
 
+
+def _finish(run: _Run, plan: run_folder.OutputPlan, loaded_from_source: bool, progress: bool,
+            started: float) -> UnlearnResult:
+    """The result, its health report, and (with an output) the checkpoint, model card and run.json."""
+    context, config = run.context, run.config
     result = UnlearnResult(
-        config=config, model=model, tokenizer=tokenizer, records=records, coefficients=coefficients,
-        control_vectors=vectors, trained_parameters=list(trained), original_weights=original,
-        loaded_from_source=loaded_from_source,
+        config=config, model=run.model, tokenizer=run.tokenizer, records=run.records,
+        coefficients=context.coefficients, control_vectors=run.vectors, trained_parameters=list(run.original),
+        original_weights=run.original, loaded_from_source=loaded_from_source,
         # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
-        final_weights={n: distributed.full_tensor(p.detach()) for n, p in tensors.in_model.items()},
-        keywords=corpora.keywords,
+        final_weights={n: distributed.full_tensor(p.detach()) for n, p in context.tensors.in_model.items()},
+        keywords=run.keywords,
     )
-    result.calibration = calibration
-    report = health.diagnose(config, runner, batches, vectors, coefficients, records, device,
-                             lambda batch: loss_mask(batch, config))
+    result.calibration = run.calibration
+    report = health.diagnose(config, context.runner, run.batches, run.vectors, context.coefficients, run.records,
+                             context.ranks.device, lambda batch: loss_mask(batch, config))
     result.health = report.to_dict()
     if progress:
         progress_write("\n".join(report.lines()), file=sys.stderr)
     result.seconds = time.perf_counter() - started
     if config.output:
-        result.output = plan.finish(result, structure) if ranks.is_main else plan.output
-        ranks.barrier()  # no rank returns before the checkpoint exists
+        result.output = plan.finish(result, run.structure) if context.ranks.is_main else plan.output
+        context.ranks.barrier()  # no rank returns before the checkpoint exists
     return result
 
 
@@ -549,9 +504,12 @@ def _retain_target(config: UnlearnConfig, frozen: torch.Tensor, noise: torch.Gen
     return frozen.float() + config.noise * sample.to(frozen.device)
 
 
-def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, optimizer, noise: torch.Generator,
-          ranks: distributed.Ranks, step: int, topic: str, topic_index: int, forget: TokenBatch,
-          retain: TokenBatch, u: torch.Tensor, coefficients: dict[str, float | None]) -> dict:
+def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBatch) -> dict:
+    config, runner, tensors, ranks = context.config, context.runner, context.tensors, context.ranks
+    coefficients = context.coefficients
+    topic_index = step % len(config.topics)  # topics take turns, one batch per step
+    topic = config.topics[topic_index]
+    u = context.targets[topic]
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
     # Full-batch masks: checked and used for the rank shares, then sliced to this rank's rows.
@@ -569,7 +527,7 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
     retain_mask = None if retain_mask is None else retain_mask[retain_share.rows]
     frozen_forget = runner.frozen(forget)
     frozen_retain = runner.frozen(retain)
-    retain_target = _retain_target(config, frozen_retain.output, noise, retain_rows, retain_share.rows)
+    retain_target = _retain_target(config, frozen_retain.output, context.noise, retain_rows, retain_share.rows)
     in_model_dtype = config.loss_dtype == "model"
     alpha = config.alpha[topic_index]
 
@@ -585,36 +543,39 @@ def _step(config: UnlearnConfig, runner: LayerRunner, tensors: TrainedTensors, o
         target = _forget_target(config, coeff, scalar, u)
         return masked_mse(updated_forget, target, forget_mask, in_model_dtype), coeff
 
-    tensors.zero_grad()
     gradient_scale = ranks.world_size  # DDP / FSDP divide the summed gradients by the world size
+
+    def forget_part():
+        """(updated output, the error weighted for backward, the logged full-batch loss, coefficients)"""
+        updated = runner.updated(frozen_forget)
+        error, coeff = forget_error_of(updated)
+        loss = ranks.sum(error.detach() * forget_share.weight)
+        _check_finite(loss, "forget", step, topic)
+        return updated, error * (forget_share.weight * gradient_scale), loss, coeff
+
+    def retain_part():
+        updated = runner.updated(frozen_retain)
+        error = alpha * masked_mse(updated, retain_target, retain_mask, in_model_dtype)
+        loss = ranks.sum(error.detach() * retain_share.weight)
+        _check_finite(loss, "retain", step, topic)
+        return updated, error * (retain_share.weight * gradient_scale), loss
+
+    tensors.zero_grad()
     if config.single_backward:
         # One backward of forget + alpha * retain, as the published scripts (both graphs held at once).
-        updated_forget = runner.updated(frozen_forget)
-        forget_error, coeff = forget_error_of(updated_forget)
-        forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
-        _check_finite(forget_loss, "forget", step, topic)
-        updated_retain = runner.updated(frozen_retain)
-        retain_error = alpha * masked_mse(updated_retain, retain_target, retain_mask, in_model_dtype)
-        retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
-        _check_finite(retain_loss, "retain", step, topic)
-        (forget_error * (forget_share.weight * gradient_scale)
-         + retain_error * (retain_share.weight * gradient_scale)).backward()
+        updated_forget, forget_weighted, forget_loss, coeff = forget_part()
+        updated_retain, retain_weighted, retain_loss = retain_part()
+        (forget_weighted + retain_weighted).backward()
     else:
         # Two backward passes (forget, then retain) sum the same gradient with half the live activations;
         # gradients are averaged across ranks once, in the second.
         with distributed.without_gradient_sync(runner.updated_module):
-            updated_forget = runner.updated(frozen_forget)
-            forget_error, coeff = forget_error_of(updated_forget)
-            forget_loss = ranks.sum(forget_error.detach() * forget_share.weight)
-            _check_finite(forget_loss, "forget", step, topic)
-            (forget_error * (forget_share.weight * gradient_scale)).backward()
-        updated_retain = runner.updated(frozen_retain)
-        retain_error = alpha * masked_mse(updated_retain, retain_target, retain_mask, in_model_dtype)
-        retain_loss = ranks.sum(retain_error.detach() * retain_share.weight)
-        _check_finite(retain_loss, "retain", step, topic)
-        (retain_error * (retain_share.weight * gradient_scale)).backward()
+            updated_forget, forget_weighted, forget_loss, coeff = forget_part()
+            forget_weighted.backward()
+        updated_retain, retain_weighted, retain_loss = retain_part()
+        retain_weighted.backward()
     tensors.gradients_to_master()
-    optimizer.step()
+    context.optimizer.step()
     tensors.master_to_model()
 
     def batch_mean(per_row: torch.Tensor, share=forget_share, rows=forget_rows) -> float:

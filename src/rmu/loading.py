@@ -19,11 +19,18 @@ It is good for reading and training layer ``l``'s output (read it with a forward
 model: no logits, no loss, no ``generate``. Save the result with :func:`save_patched`, which
 writes a complete checkpoint from the source files plus the changed tensors.
 
-Only safetensors checkpoints are read (never pickle).
+Under ``rmu unlearn --fsdp``, :func:`load_sharded` builds the same truncated model with its decoder
+layers sharded across processes (FSDP2) before anything is read, and each process reads only its
+own rows of each tensor.
+
+Only safetensors checkpoints are read (never pickle). A checkpoint that cannot be found, read or
+patched raises :class:`CheckpointError` (the run folder that ``rmu unlearn`` writes around a
+checkpoint is :mod:`rmu.run_folder`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -231,7 +238,7 @@ def truncated_skeleton(folder: Path, upto_layer: int, dtype, trust_remote_code: 
     """Layers 0..upto_layer and no LM head, every parameter still on the meta device (no memory).
 
     Fill it with :func:`materialise`; in between, modules may be sharded (FSDP2 on meta tensors,
-    see :func:`rmu.distributed.load_sharded`) so that each process reads only its own rows.
+    see :func:`load_sharded`) so that each process reads only its own rows.
     """
     model = empty_model(folder, dtype, trust_remote_code)
     _drop_layers_above(model, upto_layer)
@@ -312,52 +319,6 @@ def _materialise_from_shards(model: nn.Module, folder: Path, weight_map, dtype, 
         _place(model, names, value.to(device=device, dtype=target_dtype))
 
 
-def _is_shard(tensor: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(tensor, DTensor)
-
-
-def shard_rows(rows: int, rank: int, world_size: int) -> slice:
-    """The rows of dimension 0 that FSDP2 gives ``rank`` (``torch.chunk``: ceil-sized, last ones short)."""
-    size = -(-rows // world_size)
-    return slice(min(rank * size, rows), min((rank + 1) * size, rows))
-
-
-@torch.no_grad()
-def fill_shard(parameter: torch.Tensor, shard_file: Path, key: str) -> None:
-    """Copy this process's rows of checkpoint tensor ``key`` into an FSDP2 parameter shard.
-
-    safetensors reads only the requested rows, so no process ever holds the whole tensor.
-    """
-    from torch.distributed.tensor import Shard
-
-    placements = parameter.placements
-    if len(placements) != 1 or placements[0] != Shard(0):
-        raise CheckpointError(f"{key}: only FSDP2's default sharding on dimension 0 can be loaded, got {placements}")
-    mesh = parameter.device_mesh
-    rows = shard_rows(parameter.shape[0], mesh.get_local_rank(), mesh.size())
-    local = parameter.to_local()
-    with safe_open(shard_file, framework="pt") as handle:
-        part = handle.get_slice(key)
-        if tuple(part.get_shape()) != tuple(parameter.shape):
-            raise CheckpointError(f"{key}: checkpoint shape {tuple(part.get_shape())} != model {tuple(parameter.shape)}")
-        value = part[rows] if rows.stop > rows.start else torch.empty(0)
-    if local.numel() != value.numel():
-        raise CheckpointError(f"{key}: FSDP2 holds {tuple(local.shape)} on this rank, expected rows {rows}")
-    local.copy_(value.reshape(local.shape).to(local.dtype))
-
-
-def fill_sharded_copy(module: nn.Module, name_in_model: str, folder: Path) -> None:
-    """Fill the FSDP2-sharded parameters of ``module``, a copy of the model's submodule ``name_in_model``."""
-    weight_map = checkpoint_weight_map(folder)
-    for name, parameter in module.named_parameters():
-        key = _checkpoint_key(f"{name_in_model}.{name}", weight_map)
-        if key is None:
-            raise CheckpointError(f"the checkpoint has no tensor for {name_in_model}.{name}")
-        fill_shard(parameter, folder / weight_map[key], key)
-
-
 def _tensor_aliases(model: nn.Module) -> dict[int, list[str]]:
     """Every parameter and persistent buffer, with all names it has (tied weights have several)."""
     aliases: dict[int, list[str]] = defaultdict(list)
@@ -409,6 +370,94 @@ def _place(model: nn.Module, names: list[str], value: torch.Tensor) -> None:
             module._parameters[attribute] = new
         else:
             module._buffers[attribute] = new
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading sharded across processes (FSDP2, ``rmu unlearn --fsdp``; see rmu.distributed)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_sharded(source, upto_layer: int, first_updated: int, mesh, device: torch.device, dtype: torch.dtype,
+                 trust_remote_code: bool = False):
+    """``(model, tokenizer, frozen_copy)`` with decoder layers 0..upto_layer sharded across ``mesh``.
+
+    The model is built on the meta device, each decoder layer (and a frozen copy of layers
+    first_updated..upto_layer, for the frozen pass) is sharded by FSDP2 while still empty, and only
+    then are the weights read: each rank its own rows (:func:`fill_shard`). The embeddings and the
+    final norm are read whole on every rank. ``mesh``: :func:`rmu.distributed.device_mesh`, the one
+    mesh every sharded module of the job shares.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    folder = resolve_checkpoint(source)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = truncated_skeleton(folder, upto_layer, dtype, trust_remote_code)
+    layers = find_structure(model).layers
+    layers_name = next(name for name, module in model.named_modules() if module is layers)
+    frozen_copy = [copy.deepcopy(layers[i]).requires_grad_(False) for i in range(first_updated, upto_layer + 1)]
+    for layer in [*layers, *frozen_copy]:
+        _shard_empty(layer, mesh, device, fully_shard)
+    materialise(model, folder, dtype, device)
+    for offset, layer in enumerate(frozen_copy):
+        fill_sharded_copy(layer, f"{layers_name}.{first_updated + offset}", folder)
+    return model, tokenizer, frozen_copy
+
+
+def _shard_empty(layer: nn.Module, mesh, device: torch.device, fully_shard) -> None:
+    """Shard a layer whose parameters are on the meta device and give the shards (empty) storage."""
+    buffers = {name: buffer for name, buffer in layer.named_buffers() if not buffer.is_meta}
+    fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    layer.to_empty(device=device)  # allocates this rank's shard only; wipes buffers, restored below
+    for name, buffer in buffers.items():
+        module_name, _, attribute = name.rpartition(".")
+        (layer.get_submodule(module_name) if module_name else layer)._buffers[attribute] = buffer.to(device)
+
+
+def _is_shard(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def shard_rows(rows: int, rank: int, world_size: int) -> slice:
+    """The rows of dimension 0 that FSDP2 gives ``rank`` (``torch.chunk``: ceil-sized, last ones short)."""
+    size = -(-rows // world_size)
+    return slice(min(rank * size, rows), min((rank + 1) * size, rows))
+
+
+@torch.no_grad()
+def fill_shard(parameter: torch.Tensor, shard_file: Path, key: str) -> None:
+    """Copy this process's rows of checkpoint tensor ``key`` into an FSDP2 parameter shard.
+
+    safetensors reads only the requested rows, so no process ever holds the whole tensor.
+    """
+    from torch.distributed.tensor import Shard
+
+    placements = parameter.placements
+    if len(placements) != 1 or placements[0] != Shard(0):
+        raise CheckpointError(f"{key}: only FSDP2's default sharding on dimension 0 can be loaded, got {placements}")
+    mesh = parameter.device_mesh
+    rows = shard_rows(parameter.shape[0], mesh.get_local_rank(), mesh.size())
+    local = parameter.to_local()
+    with safe_open(shard_file, framework="pt") as handle:
+        part = handle.get_slice(key)
+        if tuple(part.get_shape()) != tuple(parameter.shape):
+            raise CheckpointError(f"{key}: checkpoint shape {tuple(part.get_shape())} != model {tuple(parameter.shape)}")
+        value = part[rows] if rows.stop > rows.start else torch.empty(0)
+    if local.numel() != value.numel():
+        raise CheckpointError(f"{key}: FSDP2 holds {tuple(local.shape)} on this rank, expected rows {rows}")
+    local.copy_(value.reshape(local.shape).to(local.dtype))
+
+
+def fill_sharded_copy(module: nn.Module, name_in_model: str, folder: Path) -> None:
+    """Fill the FSDP2-sharded parameters of ``module``, a copy of the model's submodule ``name_in_model``."""
+    weight_map = checkpoint_weight_map(folder)
+    for name, parameter in module.named_parameters():
+        key = _checkpoint_key(f"{name_in_model}.{name}", weight_map)
+        if key is None:
+            raise CheckpointError(f"the checkpoint has no tensor for {name_in_model}.{name}")
+        fill_shard(parameter, folder / weight_map[key], key)
+
 
 
 # ---------------------------------------------------------------------------------------------

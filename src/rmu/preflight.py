@@ -14,7 +14,7 @@ from pathlib import Path
 from rmu.config import ConfigError, UnlearnConfig
 from rmu.loading import (CheckpointError, check_checkpoint_files, empty_model, remote_code_refusal,
                          resolve_checkpoint)
-from rmu.structure import find_structure, select_parameters
+from rmu.structure import check_layer, find_structure, select_parameters
 
 # Config keys that state how many positions a model has (GPT-2 names it n_positions).
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions")
@@ -24,8 +24,7 @@ def check_run(config: UnlearnConfig) -> None:
     """Raise a ConfigError / CheckpointError / StructureError naming the option when ``config`` cannot run."""
     model = check_model(config.model, config.trust_remote_code)
     structure = find_structure(model)
-    if config.layer >= structure.num_layers:
-        raise ConfigError(f"--layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+    check_layer(config.layer, structure.num_layers, option="--layer", error=ConfigError)
     check_lengths(config, model.config)
     select_parameters(model, structure, config.update_layers, config.params)  # names the presets if none match
     if config.control_vectors:

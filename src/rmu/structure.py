@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -56,6 +57,19 @@ def find_structure(model: nn.Module) -> ModelStructure:
         )
     _, name, layers = best
     return ModelStructure(layers=layers, layers_name=name, hidden_size=_hidden_size(model))
+
+
+def check_layer(layers: int | Iterable[int], num_layers: int, *, option: str = "layer",
+                error: type[Exception] = StructureError) -> None:
+    """Raise ``error`` when a layer index (or any of several) is outside ``0..num_layers - 1``.
+
+    ``option`` names where the index came from (``--layer``); the message gives the valid range.
+    """
+    single = isinstance(layers, int)
+    bad = [k for k in ([layers] if single else layers) if not 0 <= k < num_layers]
+    if bad:
+        which = f"{option} {bad[0]} is" if single else f"{option}s {bad} are"
+        raise error(f"{which} outside the model: it has layers 0..{num_layers - 1}")
 
 
 def _hidden_size(model: nn.Module) -> int:

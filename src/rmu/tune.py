@@ -60,7 +60,7 @@ from rmu.errors import RmuError
 from rmu.eval import evaluate, perplexity
 from rmu.eval.tasks import Task, load_task
 from rmu.outputs import writes_folder
-from rmu.structure import find_structure
+from rmu.structure import check_layer, find_structure
 
 RETAIN_WEIGHT = 0.5
 HALF_WAY = 50  # the step, in percent of the run, at which trials report to the pruner
@@ -177,9 +177,7 @@ class _Tuner:
         self.depth, self.width = structure.num_layers, structure.hidden_size
         base_layer = int(base.get("layer", 7))
         layers = settings.layers or tuple(sorted({max(0, min(self.depth - 1, base_layer + d)) for d in (-2, 0, 2)}))
-        bad = [layer for layer in layers if not 0 <= layer < self.depth]
-        if bad:
-            raise TuneError(f"layers {bad} are outside the model: it has layers 0..{self.depth - 1}")
+        check_layer(list(layers), self.depth, error=TuneError)
         self.layers = tuple(layers)
         self.base_layer = base_layer if base_layer in self.layers else self.layers[0]
         self.max_steps = int(base.get("steps", 150))

@@ -21,6 +21,7 @@ from rmu.analysis.common import AnalysisError, model_or_path, write_json
 from rmu.eval.prompts import SCORINGS, prompt_and_continuations
 from rmu.eval.tasks import Task, load_task
 from rmu.outputs import writes_folder
+from rmu.runner import eval_mode
 
 # the evaluator's prompt of each scoring; "completion" feeds the question itself ("The symbol of iron is")
 PROMPTS = {scoring: (lambda q, s=scoring: prompt_and_continuations(q, s)[0]) for scoring in SCORINGS}
@@ -36,10 +37,8 @@ def generated_max_logits(model, tokenizer, prompt: str, tokens: int = 30) -> tup
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
     if ids.shape[1] == 0:
         raise AnalysisError(f"prompt {prompt!r} encodes to no tokens")
-    was_training = model.training
-    model.eval()
     maxima, generated = [], []
-    try:
+    with eval_mode(model):
         output = model(input_ids=ids, use_cache=True)
         for index in range(tokens):
             logits = output.logits[0, -1].float()
@@ -49,8 +48,6 @@ def generated_max_logits(model, tokenizer, prompt: str, tokens: int = 30) -> tup
             if index + 1 < tokens:
                 output = model(input_ids=torch.tensor([[best]], device=device), use_cache=True,
                                **_cache_argument(model, output))
-    finally:
-        model.train(was_training)
     return maxima, generated
 
 

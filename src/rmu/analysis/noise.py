@@ -26,42 +26,30 @@ import torch
 
 from rmu.analysis.common import AnalysisError, forget_batches, model_or_path, write_json
 from rmu.outputs import writes_folder
-from rmu.structure import find_structure, layer_hidden, with_layer_hidden
+from rmu.runner import eval_mode, forward_until
+from rmu.structure import check_layer, find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "noise.json"
 SCALE_MODES = ("relative", "absolute")
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def _last_output(model, layers, batch, noise_layer: int | None = None, noise_fn=None) -> torch.Tensor:
     """The last decoder layer's output, with ``noise_fn(h)`` added to layer ``noise_layer``'s output."""
-    captured = {}
 
     def add_noise(module, args, output):
         hidden = layer_hidden(output)
         return with_layer_hidden(output, hidden + noise_fn(hidden))
 
-    def capture(module, args, output):
-        captured["h"] = layer_hidden(output)
-        raise _Stop
-
-    handles = [layers[-1].register_forward_hook(capture)]
-    if noise_layer is not None:
-        handles.append(layers[noise_layer].register_forward_hook(add_noise))
+    handle = None if noise_layer is None else layers[noise_layer].register_forward_hook(add_noise)
     try:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    except _Stop:
-        pass
+        hidden = forward_until(layers[-1], lambda: model(input_ids=batch.input_ids,
+                                                         attention_mask=batch.attention_mask, use_cache=False),
+                               "its last decoder layer")
     finally:
-        for handle in handles:
+        if handle is not None:
             handle.remove()
-    if "h" not in captured:
-        raise AnalysisError("the model's forward never reached its last decoder layer")
-    return captured["h"].float()
+    return hidden.float()
 
 
 def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, layers: Sequence[int] | None = None,
@@ -80,9 +68,7 @@ def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, la
     structure = find_structure(model)
     depth = structure.num_layers
     layers = list(range(depth - 1)) if layers is None else sorted(set(int(k) for k in layers))
-    bad = [k for k in layers if not 0 <= k < depth]
-    if bad:
-        raise AnalysisError(f"layers {bad} are outside the model: it has layers 0..{depth - 1}")
+    check_layer(layers, depth, error=AnalysisError)
     device = model.get_input_embeddings().weight.device
     batches = [b.to(device) for b in forget_batches(tokenizer, texts, batch_size, max_len, max_batches)]
     generator = torch.Generator().manual_seed(seed)
@@ -93,10 +79,8 @@ def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, la
             z = z * hidden.float().norm(dim=-1, keepdim=True) / math.sqrt(hidden.shape[-1])
         return (scale * z).to(hidden.dtype)
 
-    was_training = model.training
-    model.eval()
     results = []
-    try:
+    with eval_mode(model):
         clean = [_last_output(model, structure.layers, batch) for batch in batches]
         for k in tqdm(layers, desc="noise sensitivity", disable=not progress, unit="layer"):
             per_sample = []
@@ -109,8 +93,6 @@ def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, la
                     total, count = total + float(ratio[real].sum()), count + int(real.sum())
                 per_sample.append(total / count)
             results.append({"layer": k, "sensitivity": sum(per_sample) / len(per_sample), "per_sample": per_sample})
-    finally:
-        model.train(was_training)
     return results
 
 

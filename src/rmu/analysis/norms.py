@@ -13,6 +13,7 @@ from typing import Sequence
 
 from rmu.analysis.common import AnalysisError, read_json, write_json
 from rmu.outputs import writes_folder
+from rmu.run_folder import RUN_FILE
 
 RESULT_FILE = "norms.json"
 
@@ -24,10 +25,10 @@ def find_run_files(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_file():
             found.append(path)
-        elif (path / "run.json").is_file():
-            found.append(path / "run.json")
+        elif (path / RUN_FILE).is_file():
+            found.append(path / RUN_FILE)
         elif (path / "runs").is_dir():
-            runs = sorted((path / "runs").glob("*/run.json"), key=_run_order)
+            runs = sorted((path / "runs").glob(f"*/{RUN_FILE}"), key=_run_order)
             if not runs:
                 raise AnalysisError(f"{path}/runs holds no run.json")
             found += runs

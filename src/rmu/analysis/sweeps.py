@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from rmu.progress import bar as tqdm
 
-from rmu import checkpoint, rules
+from rmu import rules, run_folder
 from rmu.analysis.common import (AnalysisError, forget_batches, layer_output, load_full_model, mean_cosine,
                                  read_json, write_json)
 from rmu.config import ConfigError, UnlearnConfig, make_config
@@ -26,7 +26,7 @@ from rmu.engine import UnlearnError, unlearn
 from rmu.eval import evaluate
 from rmu.eval.tasks import Task, load_task
 from rmu.outputs import writes_folder
-from rmu.structure import find_structure, select_parameters
+from rmu.structure import check_layer, find_structure, select_parameters
 
 SWEEP_FILE = "sweep.json"
 METHODS = ("rmu", "adaptive")
@@ -157,8 +157,7 @@ def _run_point(sweep: _Sweep, values: dict, key: dict, run_name: str, extra=None
     except ConfigError as error:
         raise AnalysisError(str(error)) from None
     structure = find_structure(sweep.model)
-    if config.layer >= structure.num_layers:
-        raise AnalysisError(f"layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+    check_layer(config.layer, structure.num_layers, error=AnalysisError)
     # The engine restores nothing when it fails mid-run: keep our own copy of what it may change.
     trained = select_parameters(sweep.model, structure, config.update_layers, config.params)
     saved = {name: p.detach().clone() for name, p in trained.items()}
@@ -182,11 +181,11 @@ def _run_point(sweep: _Sweep, values: dict, key: dict, run_name: str, extra=None
                 final_forget_norm=last.get("forget_norm"),
                 frozen_forget_norm=last.get("frozen_forget_norm"),
                 seconds=round(time.perf_counter() - started, 2),
-                run=f"runs/{run_name}/run.json",
+                run=f"runs/{run_name}/{run_folder.RUN_FILE}",
             )
-            run = checkpoint.run_summary(result, structure)
+            run = run_folder.run_summary(result, structure)
             run["status"] = "complete (in-memory sweep point; no checkpoint saved)"
-            write_json(sweep.output / "runs" / run_name / "run.json", run)
+            write_json(sweep.output / "runs" / run_name / run_folder.RUN_FILE, run)
         finally:
             result.restore_original()
     finally:
@@ -259,8 +258,7 @@ def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str 
         sweep.ensure_model(values["model"], values.get("dtype", "float32"), values.get("device", "auto"),
                            values.get("trust_remote_code", False))
         depth = find_structure(sweep.model).num_layers
-        if layers[-1] >= depth:
-            raise AnalysisError(f"layer {layers[-1]} is outside the model: it has layers 0..{depth - 1}")
+        check_layer(layers[-1], depth, error=AnalysisError)
     if sweep.data["baseline"] is None:
         sweep.data["baseline"] = sweep.evaluate()
         sweep.save()
@@ -340,8 +338,7 @@ def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str
         except ConfigError as error:
             raise AnalysisError(str(error)) from None
         structure = find_structure(sweep.model)
-        if config.layer >= structure.num_layers:
-            raise AnalysisError(f"layer {config.layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+        check_layer(config.layer, structure.num_layers, error=AnalysisError)
         vectors = _vectors(config, structure.hidden_size)
         sweep.data["baseline"] = {**sweep.evaluate(), **cosine(config, vectors)}
         sweep.save()

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from rmu.analysis.common import decoder_outputs, forget_batches
 from rmu.experiments.base import Experiment, NamedModels, Settings, Table, open_models, split_models
+from rmu.runner import eval_mode
 from rmu.structure import find_structure
 
 RESULT_FILE = "token_norms.json"
@@ -34,9 +35,7 @@ def token_norms(model, tokenizer, texts: Sequence[str] | str | Path, *, batch_si
     batches = [b.to(device) for b in forget_batches(tokenizer, texts, batch_size, max_len, max_batches)]
     norms: list[list[torch.Tensor]] = [[] for _ in range(structure.num_layers)]
     first: list[list[torch.Tensor]] = [[] for _ in range(structure.num_layers)]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in batches:
             outputs = decoder_outputs(model, batch.input_ids, batch.attention_mask)
             real = batch.attention_mask.bool()
@@ -46,8 +45,6 @@ def token_norms(model, tokenizer, texts: Sequence[str] | str | Path, *, batch_si
                 per_token = hidden.float().norm(dim=-1)
                 norms[layer].append(per_token[real].cpu())
                 first[layer].append(per_token[rows, first_real].cpu())
-    finally:
-        model.train(was_training)
     results = []
     for layer in range(structure.num_layers):
         every, sinks = torch.cat(norms[layer]), torch.cat(first[layer])

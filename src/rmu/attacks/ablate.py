@@ -26,7 +26,8 @@ from rmu.attacks.common import (
     AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
 )
 from rmu.outputs import writes_folder
-from rmu.structure import find_structure, layer_hidden, with_layer_hidden
+from rmu.run_folder import VECTORS_FILE
+from rmu.structure import check_layer, find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "ablate.json"
 
@@ -46,9 +47,7 @@ def projection_hook(model, layers: int | Sequence[int], direction: torch.Tensor)
     """While active, the output of decoder layer(s) ``layers`` has ``direction`` projected out."""
     structure = find_structure(model)
     layers = [layers] if isinstance(layers, int) else list(layers)
-    for layer in layers:
-        if not 0 <= layer < structure.num_layers:
-            raise AttackError(f"layer {layer} is outside the model: it has layers 0..{structure.num_layers - 1}")
+    check_layer(layers, structure.num_layers, error=AttackError)
     if direction.shape != (structure.hidden_size,):
         raise AttackError(f"the direction has shape {tuple(direction.shape)}; the model's hidden size is "
                           f"{structure.hidden_size}")
@@ -91,7 +90,7 @@ def load_direction(control_vectors, topic: str | None = None) -> torch.Tensor:
 
         path = Path(control_vectors)
         if path.is_dir():
-            path = path / "control_vectors.safetensors"
+            path = path / VECTORS_FILE
         if not path.is_file():
             raise AttackError(f"control vectors {path} do not exist")
         control_vectors = load_file(str(path))

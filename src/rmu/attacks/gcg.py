@@ -50,6 +50,7 @@ from rmu.attacks.common import AttackError, as_models, describe_models, load_que
 from rmu.eval import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task
 from rmu.eval.tasks import Question, Task
 from rmu.outputs import writes_folder
+from rmu.runner import eval_mode, trainable_only
 
 RESULT_FILE = "gcg.json"
 _MARK = "\x00SUFFIX\x00"
@@ -105,17 +106,8 @@ def allowed_tokens(tokenizer, vocabulary: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _frozen_eval(model):
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    try:
+    with eval_mode(model), trainable_only(model):  # no weight needs a gradient: only the suffix's one-hot
         yield
-    finally:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(flags[name])
-        model.train(was_training)
 
 
 def _embed_scale(embedding) -> float | torch.Tensor:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from rmu.progress import bar as tqdm
 
-from rmu.analysis.common import decoder_outputs
 from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json
 from rmu.eval.prompts import cloze_prompt, letter_prompt
 from rmu.outputs import writes_folder
+from rmu.runner import decoder_outputs, eval_mode
 
 RESULT_FILE = "probe.json"
 PROMPTS = {"letter": letter_prompt, "cloze": cloze_prompt, "completion": None}  # completion: statements
@@ -38,16 +38,12 @@ def layer_activations(model, tokenizer, prompts: list[str], progress: bool = Fal
     """(layers, prompts, hidden) float32: each decoder layer's output at each prompt's last token."""
     device = model.get_input_embeddings().weight.device
     rows = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for prompt in tqdm(prompts, desc=desc, disable=not progress, unit="prompt", dynamic_ncols=True):
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             if ids.shape[1] == 0:
                 raise AttackError(f"prompt {prompt[:40]!r} encodes to no tokens")
             rows.append(torch.stack([h[0, -1].float().cpu() for h in decoder_outputs(model, ids)]))
-    finally:
-        model.train(was_training)
     return torch.stack(rows, dim=1)
 
 

@@ -23,6 +23,7 @@ from rmu.attacks.common import (
 )
 from rmu.data import read_corpus
 from rmu.outputs import writes_folder
+from rmu.runner import restored_mode, trainable_only
 
 RESULT_FILE = "relearn.json"
 
@@ -52,20 +53,16 @@ def select(model, params: Sequence[str] | str = "all") -> dict[str, torch.nn.Par
 
 @contextlib.contextmanager
 def restored(model, parameters: dict[str, torch.nn.Parameter]):
-    """Keep a copy of ``parameters`` and their requires_grad flags; put both back on exit."""
+    """Train only ``parameters``; put their values, every requires_grad flag and the mode back on exit."""
     saved = {n: p.detach().clone() for n, p in parameters.items()}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, parameter in parameters.items():
-                parameter.copy_(saved[name])
-                parameter.grad = None
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(flags[name])
-        model.train(was_training)
+    with restored_mode(model), trainable_only(model, parameters):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, parameter in parameters.items():
+                    parameter.copy_(saved[name])
+                    parameter.grad = None
 
 
 def lm_loss(model, tokenizer, texts: list[str], max_len: int) -> torch.Tensor:
@@ -89,10 +86,6 @@ def finetune_curve(model, tokenizer, task, texts: list[str], *, steps: int, lr: 
     trained = select(model, params)
     points, losses = [], []
     with restored(model, trained):
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        for parameter in trained.values():
-            parameter.requires_grad_(True)
         optimizer = torch.optim.AdamW(list(trained.values()), lr=lr, weight_decay=0.0)
         points.append({"step": 0, "accuracy": accuracy(model, tokenizer, task, scoring)})
         batches = [texts[i: i + batch_size] for i in range(0, len(texts), batch_size)]

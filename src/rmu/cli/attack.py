@@ -9,6 +9,7 @@ import click
 
 from rmu.cli.analyze import parse_models
 from rmu.cli.sweep import SCORINGS, parse_int_range
+from rmu.run_folder import RUN_FILE, VECTORS_FILE
 
 _MODELS = click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH",
                        help="A checkpoint folder to attack, e.g. base=PATH and unlearned=PATH (repeat).")
@@ -104,7 +105,7 @@ def relearn_command(models, questions, forget_texts, other_texts, k, steps, lr, 
 def _control_vectors(models: dict[str, str]) -> dict[str, Path]:
     found = {}
     for name, folder in models.items():
-        path = Path(folder) / "control_vectors.safetensors"
+        path = Path(folder) / VECTORS_FILE
         if not path.is_file():
             raise click.BadParameter(f"{folder} has no control_vectors.safetensors (is it an rmu unlearn output?)",
                                      param_hint="--use-u")
@@ -114,7 +115,7 @@ def _control_vectors(models: dict[str, str]) -> dict[str, Path]:
 
 def _layer_from_run(models: dict[str, str]) -> int | None:
     for folder in models.values():
-        run = Path(folder) / "run.json"
+        run = Path(folder) / RUN_FILE
         if run.is_file():
             return int(json.loads(run.read_text())["config"]["layer"])
     return None

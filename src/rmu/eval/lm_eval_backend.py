@@ -26,6 +26,7 @@ from rmu.eval.prompts import cloze_description, letter_description
 from rmu.eval.results import TaskResult
 from rmu.eval.scoring import PER_CHARACTER, predict
 from rmu.eval.tasks import LETTERS, Task, UnknownTaskError, as_task_list, load_task, unique_name, unknown_task_message
+from rmu.runner import restored_mode
 
 HARNESS_PREFIX = "lm-eval:"
 
@@ -155,17 +156,14 @@ def run_harness(model, tokenizer, harness_names: list[str], include_path: str | 
 
     if not progress:
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    was_training = model.training
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-    # Indexing the harness's own task folder takes seconds: skip it when every task is ours.
-    manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
-    try:
+    with restored_mode(model):  # HFLM switches the model to eval mode
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+        # Indexing the harness's own task folder takes seconds: skip it when every task is ours.
+        manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
         output = lm_eval.simple_evaluate(
             model=lm, tasks=harness_names, task_manager=manager, limit=limit, log_samples=True,
             bootstrap_iters=0,
         )
-    finally:
-        model.train(was_training)  # HFLM switches the model to eval mode
     return output
 
 

@@ -22,6 +22,7 @@ from rmu.eval.results import TaskResult
 from rmu.eval.scoring import result_from_loglikelihoods
 from rmu.eval.tasks import Task, as_task_list, load_task, unique_name
 from rmu.progress import bar as tqdm
+from rmu.runner import eval_mode
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
 
@@ -132,9 +133,7 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_siz
     pad_id, logits_to_keep = _pad_id(model, tokenizer), _supports_logits_to_keep(model)
 
     results = [0.0] * len(requests)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for begin in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress,
                           unit="batch", dynamic_ncols=True):
             batch = order[begin: begin + batch_size]
@@ -145,8 +144,6 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_siz
                     targets = requests[number].targets
                     target_ids = torch.tensor(targets, device=row.device)[:, None]
                     results[number] = float(row[k - len(targets):].gather(1, target_ids).sum())
-    finally:
-        model.train(was_training)
     return results
 
 

@@ -9,6 +9,7 @@ given.
 from __future__ import annotations
 
 from rmu.experiments.base import Experiment, Settings, Table
+from rmu.run_folder import RUN_FILE
 
 
 class UnlearnRun(Experiment):
@@ -19,7 +20,7 @@ class UnlearnRun(Experiment):
 
     @classmethod
     def result_file(cls) -> str:
-        return "run.json"
+        return RUN_FILE
 
     def section(self, folder, data):
         section = super().section(folder, data)
