@@ -1,11 +1,13 @@
 """Shared test set-up: one thread per process, offline hub, and the standard tiny workspace.
 
-Test modules import the plain helpers with ``from conftest import write_workspace, unlearn_options``.
+Test modules import the plain helpers with ``from conftest import write_workspace, unlearn_options``:
+tests/ has no ``__init__.py``, so pytest puts it on ``sys.path`` (its default "prepend" import mode),
+which is also how the transcriptions of the public scripts (``original_wmdp.py``,
+``original_adaptive.py``: test data, not rmu code) are imported.
 """
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,6 @@ from rmu.testing import save_tiny_model
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(__file__))
 
 # Two small corpus families the tests share: "bio" (topic bio, bio.jsonl) and "elements" (topic f,
 # forget.jsonl); each has a forget line, a retain line and a multiple-choice question per index i.
