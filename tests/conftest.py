@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmu.testing import save_tiny_model
+from rmu.testing import save_tiny_model, tiny_model
 
 # Tiny models gain nothing from intra-op threads, and threads that spin while other processes hold
 # the two cores make matrix products 100x slower.
@@ -42,7 +42,8 @@ CORPORA = {
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    """One JSON object a line (corpora, question files)."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
 
@@ -59,6 +60,12 @@ def write_workspace(folder: Path, corpus: str = "bio", *, layers: int | None = 6
     if questions:
         write_jsonl(folder / "questions.jsonl", (kind["question"](i) for i in range(questions)))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama (4 layers, seed 0) and its tokenizer, built once per test module."""
+    return tiny_model("llama", seed=0)
 
 
 @pytest.fixture(scope="module")

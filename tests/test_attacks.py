@@ -32,11 +32,6 @@ def write_questions(path, task: Task):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model(seed=0)
-
-
 # --------------------------------------------------------------------------------------------- GCG
 
 
