@@ -10,11 +10,11 @@ model lost the topic, not some memorised sentences. General ability is measured 
 everyday English (``general_text``, for perplexity), which mentions neither topic.
 
 Sources (shipped as small files in ``rmu/demo/data``, as are the documents' sentence templates,
-``templates.json``): ``elements.tsv`` from Debian's
-``dict-elements`` (public domain; names and symbols 1-103) with the IUPAC names of 104-118 and the
-period, group, category and state derived from the atomic number; ``countries.tsv`` from the
-``countryinfo`` package (MIT), sovereign states only, with capitals that are not a giveaway
-(extracted once; rmu does not depend on that package); ``general.txt`` written for rmu.
+``templates.json``): ``elements.tsv`` from Debian's ``dict-elements`` (public domain; names and
+symbols 1-103) with the IUPAC names of 104-118 and the period, group, category and state derived
+from the atomic number; ``countries.tsv`` from the ``countryinfo`` package (MIT), sovereign states
+only, with capitals that are not a giveaway (extracted once; rmu does not depend on that package);
+``general.txt`` written for rmu.
 """
 
 from __future__ import annotations
