@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,18 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the reference implementation lives with the tests
+import torch
 
-import torch  # noqa: E402
+from rmu.config import make_config
+from rmu.data import consecutive_batches
+from rmu.demo.model import smollm2_path
+from rmu.engine import unlearn
+from rmu.loading import load_model
+from rmu.testing.reference import reference_unlearn
 
-from rmu.config import make_config  # noqa: E402
-from rmu.data import consecutive_batches  # noqa: E402
-from rmu.demo.model import smollm2_path  # noqa: E402
-from rmu.engine import unlearn  # noqa: E402
-from rmu.loading import load_model  # noqa: E402
-
-from reference_rmu import reference_unlearn  # noqa: E402
+from common import peak_rss_mib
 
 WORDS = ("pathogen protein virus cell enzyme toxin sequence gene culture strain host receptor assay "
          "the of and to in is was for on with as by at from that which").split()
@@ -84,10 +81,6 @@ def time_reference(args, model_dir, forget, retain, steps) -> list[float]:
                       max_len=config.max_len, retain_max_len=args.length,
                       on_step=lambda s: stamps.append(time.perf_counter()))
     return [b - a for a, b in zip(stamps, stamps[1:])]
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def child(args, which: str) -> None:

@@ -28,17 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from common import peak_rss_mib
+
 WIDTH, LAYERS, FIRST_OFFSET = 1024, 16, 2
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build(folder: Path) -> None:

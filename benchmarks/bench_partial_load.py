@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import peak_rss_mib
 
 WIDTH = 512
 DEEP, SHALLOW = 48, 12
@@ -40,10 +41,6 @@ BATCH, TOKENS = 4, 128
 
 class StopForward(Exception):
     """Raised by the hook on layer l: nothing after it is needed."""
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def child(folder: str | None, upto_layer: int | None, dtype: str) -> None:

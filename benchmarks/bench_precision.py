@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import peak_rss_mib
+
 VARIANTS = {
     "float32": dict(dtype="float32"),
     "bfloat16": dict(dtype="bfloat16"),
@@ -55,7 +57,6 @@ def measure_in_child(name: str, args) -> dict:
 
 def run_variant(args, switches: dict) -> dict:
     import random
-    import resource
     import statistics
     import tempfile
     import time
@@ -69,7 +70,7 @@ def run_variant(args, switches: dict) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = smollm2_path(progress=False)
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_rss_mib()
     rng = random.Random(0)
     words = args.length * 2  # enough words to fill the token budget
 
@@ -92,7 +93,7 @@ def run_variant(args, switches: dict) -> dict:
     last = result.records[-1]
     return {
         "step_s": statistics.median(step_seconds),
-        "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kib) / 1024,
+        "peak_mib": peak_rss_mib() - baseline,
         "forget_loss": last["forget_loss"],
         "retain_loss": last["retain_loss"],
         "threads": torch.get_num_threads(),

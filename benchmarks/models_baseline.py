@@ -7,24 +7,23 @@ forget-keyword attack on the retain questions, for the base and each unlearned m
 Then ``python benchmarks/models_baseline.py --summarize runs/models/*`` prints the table of
 docs/models.md and writes ``docs/models.json`` (every run's results).
 
-Runs exactly ``rmu demo --model M --topic T --output OUT`` (the same settings, seed and numbers;
-``rmu.demo.run.DEFAULT``: layer 7, 75 steps, lr 3e-3, alpha 300, RMU c 6.5, Adaptive RMU beta 2)
-and adds to each model's scores in ``OUT/results.json``: ``retain_with_keyword``, the retain
-accuracy when one sentence naming a forget item stands before each question (the existing
-``rmu.attacks.keywords.insert_keywords``, position "before", seed 0), with the names of the forget
-corpus's items as keywords.
+Runs exactly ``rmu demo --model M --topic T --output OUT`` (the same settings, seed and numbers:
+``rmu.demo.settings.DEFAULT``) and adds to each model's scores in ``OUT/results.json``:
+``retain_with_keyword``, the retain accuracy when one sentence naming a forget item stands before
+each question (the existing ``rmu.attacks.keywords.insert_keywords``, position "before", seed 0),
+with the names of the forget corpus's items as keywords.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from rmu.attacks.keywords import insert_keywords
 from rmu.demo.model import DEMO_MODELS
-from rmu.demo.run import DEFAULT, run_demo
+from rmu.demo.run import run_demo
+from rmu.demo.settings import DEFAULT
 from rmu.demo.topics import TOPICS
 from rmu.evaluate import evaluate
 from rmu.tasks import Task, question_from_record
@@ -45,7 +44,7 @@ def keyword_measure(template: str, scoring: str):
     return measure
 
 
-NAMES = {"base": "base", "rmu": "RMU c 6.5", "adaptive": "Adaptive RMU beta 2"}
+NAMES = {"base": "base", "rmu": f"RMU c {DEFAULT.steering_coeff:g}", "adaptive": f"Adaptive RMU beta {DEFAULT.beta:g}"}
 
 
 def summarize(folders: list[str], json_path: Path) -> str:
@@ -89,10 +88,9 @@ def main() -> None:
         return
     if not (args.model and args.topic and args.output):
         parser.error("give --model, --topic and --output (or --summarize RUN_FOLDER ...)")
-    settings = dataclasses.replace(DEFAULT)
-    extra = None if args.no_keywords else keyword_measure(TEMPLATES[args.topic], settings.scoring)
+    extra = None if args.no_keywords else keyword_measure(TEMPLATES[args.topic], DEFAULT.scoring)
     methods = ("adaptive", "rmu") if args.adaptive_first else ("rmu", "adaptive")
-    run_demo(args.output, settings=settings, model=args.model, topic=args.topic, extra_measure=extra,
+    run_demo(args.output, settings=DEFAULT, model=args.model, topic=args.topic, extra_measure=extra,
              methods=methods)
 
 

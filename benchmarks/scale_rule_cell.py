@@ -7,8 +7,9 @@ unlearned with the settings `--auto all` calibrates, scored on both halves of th
 The protocol of the SmolLM2/elements rows of docs/tuning.md: the topic's files as
 ``rmu demo --topic T --data-only`` writes them (``rmu.demo.write_topic``, seed 0); each question
 file split by ``rmu.tune.split_halves`` (seed 0) into the half a tuner would see and the held-out
-half; layer 7 (layers 5-7 updated), up to 75 steps of 4 x 128 tokens, pads masked, min-len 0,
-seed 42, CPU; ``--auto all`` (lr, alpha and the coefficient from ``rmu.scale``'s calibration);
+half; the demo's layer, batches, padding and seed (``rmu.demo.settings.DEFAULT.run_options()``:
+layer 7, layers 5-7 updated, up to 75 steps of 4 x 128 tokens, pads masked, min-len 0, seed 42,
+CPU); ``--auto all`` (lr, alpha and the coefficient from ``rmu.scale``'s calibration);
 completion scoring and perplexity on the topic's general text, for the base model and after each
 method (every method starts from the base weights). One model is loaded once.
 
@@ -27,13 +28,12 @@ from pathlib import Path
 
 from rmu import make_config, unlearn
 from rmu.demo.model import DEMO_MODELS, model_path
+from rmu.demo.settings import DEFAULT
 from rmu.demo.topics import TOPICS, demo_topic, write_topic
 from rmu.eval import evaluate, perplexity
 from rmu.eval.tasks import load_task_file
 from rmu.loading import load_model
 from rmu.tune import split_halves
-
-SEED, LAYER, STEPS, BATCH, MAX_LEN = 42, 7, 75, 4, 128
 
 
 def score(model, tokenizer, halves: dict, general_text: list[str]) -> dict:
@@ -90,8 +90,7 @@ def main() -> None:
         started = time.perf_counter()
         config = make_config(dict(
             model=str(model_dir), forget={topic.forget_name: str(paths["forget_corpus"])},
-            retain=[str(paths["retain_corpus"])], method=method, layer=LAYER, steps=STEPS, batch_size=BATCH,
-            max_len=MAX_LEN, retain_max_len=MAX_LEN, min_len=0, mask_padding=True, seed=SEED, device="cpu",
+            retain=[str(paths["retain_corpus"])], method=method, **DEFAULT.run_options(),
             auto=["alpha", "coeff"] + ([] if args.lr else ["lr"]), **({"lr": args.lr} if args.lr else {})))
         result = unlearn(config, model=model, tokenizer=tokenizer, progress=True)
         scores = score(model, tokenizer, halves, general_text)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement of docs/reproduction.md, in order: `bash docs/reproduce.sh [OUT]` (default repro-out).
-# SmolLM2-135M-Instruct and the demo benchmark, the demo's unlearning settings (rmu.demo.run.DEFAULT),
+# SmolLM2-135M-Instruct and the demo benchmark, the demo's unlearning settings (rmu.demo.settings.DEFAULT),
 # completion scoring. About 1.5 hours on one CPU core; rerunning resumes the sweeps and skips finished runs.
 set -euo pipefail
 OUT=${1:-repro-out}

@@ -1,24 +1,25 @@
 """Shared test set-up: one thread per process, offline hub, and the standard tiny workspace.
 
-Test modules import the plain helpers with ``from conftest import write_workspace, unlearn_options``.
+Test modules import the plain helpers with ``from conftest import write_workspace, unlearn_options``:
+tests/ has no ``__init__.py``, so pytest puts it on ``sys.path`` (its default "prepend" import mode),
+which is also how the transcriptions of the public scripts (``original_wmdp.py``,
+``original_adaptive.py``: test data, not rmu code) are imported.
 """
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from rmu.testing import save_tiny_model
+from rmu.testing import save_tiny_model, tiny_model
 
 # Tiny models gain nothing from intra-op threads, and threads that spin while other processes hold
 # the two cores make matrix products 100x slower.
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(__file__))
 
 # Two small corpus families the tests share: "bio" (topic bio, bio.jsonl) and "elements" (topic f,
 # forget.jsonl); each has a forget line, a retain line and a multiple-choice question per index i.
@@ -41,7 +42,8 @@ CORPORA = {
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    """One JSON object a line (corpora, question files)."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
 
@@ -58,6 +60,12 @@ def write_workspace(folder: Path, corpus: str = "bio", *, layers: int | None = 6
     if questions:
         write_jsonl(folder / "questions.jsonl", (kind["question"](i) for i in range(questions)))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama (4 layers, seed 0) and its tokenizer, built once per test module."""
+    return tiny_model("llama", seed=0)
 
 
 @pytest.fixture(scope="module")

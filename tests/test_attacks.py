@@ -32,11 +32,6 @@ def write_questions(path, task: Task):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model(seed=0)
-
-
 # --------------------------------------------------------------------------------------------- GCG
 
 
@@ -432,23 +427,3 @@ def test_cli_errors_are_clear(checkpoint, tmp_path):
     result = invoke(["gcg", "--model", f"x={tmp_path / 'nope'}", "--questions", str(c["questions"]), "--output",
                      str(tmp_path)])
     assert result.exit_code != 0 and "not a checkpoint folder" in result.output
-
-
-def test_robustness_demo_runs_every_stage_on_a_tiny_model(tmp_path):
-    """The script behind docs/robustness.md, with tiny budgets: every stage writes well-formed results."""
-    from rmu.attacks.robustness_demo import Settings, run
-
-    model_dir = save_tiny_model(tmp_path / "tiny", "llama", num_layers=4)
-    settings = Settings(layer=2, steps=2, lr=1e-3, alpha=10.0, gcg_questions=2, gcg_steps=1, gcg_candidates=4,
-                        gcg_tokens=2, relearn_k=2, relearn_steps=2, relearn_eval_every=1, relearn_questions=4,
-                        ablate_questions=4)
-    timings = run(tmp_path / "out", settings, progress=False, model_dir=model_dir)
-    for stage in ("scores", "keywords", "probe", "ablate", "relearn", "gcg"):
-        assert stage in timings
-    scores = json.loads((tmp_path / "out" / "scores" / "scores.json").read_text())
-    assert set(scores) == {"base", "rmu", "adaptive", "rmu+noise", "adaptive+noise"}
-    assert all(0 <= v <= 1 for entry in scores.values() for v in entry.values())
-    gcg = json.loads((tmp_path / "out" / "gcg" / "gcg.json").read_text())
-    assert gcg["settings"]["scoring"] == "completion" and set(gcg["models"]) == {"base", "rmu", "adaptive"}
-    settings_file = json.loads((tmp_path / "out" / "settings.json").read_text())
-    assert settings_file["settings"]["mask_padding"] is True  # the demo's unlearning settings

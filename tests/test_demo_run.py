@@ -1,10 +1,14 @@
-"""The demo pipeline end to end on a tiny model: report files and well-formed numbers."""
+"""The demo pipeline end to end on a tiny model: report files and well-formed numbers; the ``rmu demo``
+command that calls it."""
 
 from __future__ import annotations
 
 import json
 import math
 
+from click.testing import CliRunner
+
+from rmu.cli import main
 from rmu.demo.run import DemoSettings, run_demo
 from rmu.testing import save_tiny_model
 
@@ -47,3 +51,34 @@ def test_demo_pipeline_on_the_second_topic_with_an_extra_measure(tmp_path):
     run = json.loads((tmp_path / "report" / "run_adaptive.json").read_text())
     assert list(run["config"]["forget"]) == ["animals"]
     assert "kinds of animals" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_demo_command_passes_model_and_topic(monkeypatch):
+    import rmu.demo.run as run
+
+    calls = []
+
+    def fake_run_demo(output, **kwargs):
+        calls.append(kwargs)
+        return {"models": {"base": {"forget_accuracy": 0.9, "retain_accuracy": 0.9, "general_perplexity": 9.0}},
+                "chance": 0.25}
+
+    monkeypatch.setattr(run, "run_demo", fake_run_demo)
+    runner = CliRunner()
+    assert runner.invoke(main, ["demo", "--quiet"]).exit_code == 0
+    assert calls[-1]["model"] == "smollm2" and calls[-1]["topic"] == "elements"
+    assert calls[-1]["settings"] == run.DEFAULT
+    result = runner.invoke(main, ["demo", "--model", "gemma3-270m", "--topic", "animals", "--quick", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["model"] == "gemma3-270m" and calls[-1]["topic"] == "animals"
+    assert calls[-1]["settings"] == run.QUICK
+    bad = runner.invoke(main, ["demo", "--model", "llama"])
+    assert bad.exit_code == 2 and "gemma3-270m" in bad.output and len(calls) == 2
+
+
+def test_demo_data_only_writes_the_topic_files(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--topic", "animals", "--data-only", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert names == ["forget.jsonl", "forget_questions.jsonl", "general.txt", "retain.jsonl", "retain_questions.jsonl"]
+    assert "A " in (tmp_path / "data" / "forget_questions.jsonl").read_text()

@@ -12,8 +12,7 @@ from rmu.config import make_config
 from rmu.data import consecutive_batches
 from rmu.engine import UnlearnError, unlearn
 from rmu.testing import tiny_model
-
-from reference_rmu import reference_unlearn
+from rmu.testing.reference import reference_unlearn
 
 FORGET = {
     "bio": [f"Pathogen {i} carries toxin {i * 7 % 5} in biology laboratory number {i}." + " enzyme" * (i % 4)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import write_jsonl
 from rmu.cli.eval import command
 from rmu.evaluate import (
     encode_pair, evaluate, letter_prompt, prompt_and_continuations, accuracy_stderr,
@@ -33,16 +34,6 @@ RECORDS = [
     {"question": "  Spaces around the question  ", "A": "alpha", "B": "beta", "C": "gamma", "D": "delta",
      "label": 3, "subject": "greek"},
 ]
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return tiny_model("llama", seed=0)
 
 
 @pytest.fixture
@@ -213,8 +204,8 @@ def test_native_scores_equal_brute_force(architecture, scoring, toy_task):
     assert result.chance == pytest.approx((7 * 0.25 + 1 / 3) / 8)
 
 
-def test_batch_size_does_not_change_results(model_and_tokenizer, toy_task):
-    model, tokenizer = model_and_tokenizer
+def test_batch_size_does_not_change_results(tiny, toy_task):
+    model, tokenizer = tiny
     one, five = (evaluate(model, tokenizer, toy_task, scoring="cloze", batch_size=b, progress=False)["toy"]
                  for b in (1, 5))
     assert [p.predicted for p in one.predictions] == [p.predicted for p in five.predictions]
@@ -222,9 +213,9 @@ def test_batch_size_does_not_change_results(model_and_tokenizer, toy_task):
         assert a.loglikelihoods == pytest.approx(b.loglikelihoods, abs=1e-4)
 
 
-def test_obviously_likely_letter_wins(model_and_tokenizer):
+def test_obviously_likely_letter_wins(tiny):
     """Boost the logit of the letter C: every prediction must be C, accuracy the share of C answers."""
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = tiny
     letter_c = tokenizer(" C")["input_ids"][-1]
     questions = [Question(f"Question {i}?", ("w", "x", "y", "z"), answer, "toys")
                  for i, answer in enumerate([2, 2, 2, 0, 1, 3, 2, 0])]
@@ -243,8 +234,8 @@ def test_obviously_likely_letter_wins(model_and_tokenizer):
     assert result.stderr == pytest.approx(math.sqrt(0.25 / 7)) == accuracy_stderr(0.5, 8)
 
 
-def test_limit_and_training_mode_restored(model_and_tokenizer, toy_task):
-    model, tokenizer = model_and_tokenizer
+def test_limit_and_training_mode_restored(tiny, toy_task):
+    model, tokenizer = tiny
     model.train()
     try:
         result = evaluate(model, tokenizer, [toy_task], limit=3, progress=False)["toy"]

@@ -13,17 +13,12 @@ from rmu import scale
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.config import make_config
 from rmu.engine import unlearn
-from rmu.testing import save_tiny_model, tiny_model
+from rmu.testing import save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     return write_workspace(tmp_path_factory.mktemp("health"), "elements", layers=None, lines=16)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model("llama", num_layers=4)
 
 
 def options(corpora, **extra):

@@ -268,17 +268,3 @@ def test_cli_option_writes_keywords(tmp_path, corpora):
     run = json.loads((output / "run.json").read_text())
     assert run["config"]["keyword_robust"] and run["config"]["keyword_fraction"] == 0.75
     assert "pathogen" in json.loads((output / KEYWORDS_FILE).read_text())["keywords"]
-
-
-def test_measurement_script_runs_on_a_tiny_model(tmp_path):
-    """The script behind docs/robustness.md's keyword section, with tiny budgets."""
-    from rmu.attacks.keyword_robust_demo import EVAL_VARIANTS, run
-
-    model_dir = save_tiny_model(tmp_path / "tiny", num_layers=8)
-    results = run(tmp_path / "out", ["base", "adaptive+kr"], model_dir=model_dir, steps=2, limit=6, progress=False)
-    entry = results["adaptive+kr"]
-    assert entry["keywords_used"] > 50  # element names and chemistry words of the demo corpus
-    assert len(entry["keywords_taught"]["variants"]) == len(EVAL_VARIANTS)
-    assert (tmp_path / "out" / "summary.md").read_text().count("\n") == 4
-    again = run(tmp_path / "out", ["base", "adaptive+kr"], model_dir=model_dir, steps=2, limit=6, progress=False)
-    assert again == results  # measured variants are read back, not rerun

@@ -211,7 +211,7 @@ def augment_corpora(config, corpora):
     augmented = {}
     for index, (key, documents) in enumerate(retain_documents.items()):
         augmented[key] = consecutive_batches(
-            # TRAINING_TEMPLATES read at call time: keyword_robust_demo swaps it to measure candidates
+            # TRAINING_TEMPLATES read at call time: rmu.demo.keyword_robustness swaps it to measure candidates
             augment_documents(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction, TRAINING_TEMPLATES),
             config.batch_size)
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,

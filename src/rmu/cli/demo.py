@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rmu.demo.model import DEFAULT_MODEL, DEMO_MODELS
+from rmu.demo.settings import DEFAULT, QUICK
 from rmu.demo.topics import DEFAULT_TOPIC, TOPICS
 
 
@@ -19,9 +20,9 @@ from rmu.demo.topics import DEFAULT_TOPIC, TOPICS
                    "keep kinds of objects (WordNet).")
 @click.option("--data-only", is_flag=True,
               help="Only write the topic's corpora and questions to OUTPUT/data, then stop (no model).")
-@click.option("--steering-coeff", type=float, help="RMU's c (default: the published 6.5).")
-@click.option("--beta", type=float, help="Adaptive RMU's beta (default 2).")
-@click.option("--steps", type=int, help="Unlearning steps per method (default 75; quick: 40).")
+@click.option("--steering-coeff", type=float, help=f"RMU's c (default: the published {DEFAULT.steering_coeff:g}).")
+@click.option("--beta", type=float, help=f"Adaptive RMU's beta (default {DEFAULT.beta:g}).")
+@click.option("--steps", type=int, help=f"Unlearning steps per method (default {DEFAULT.steps}; quick: {QUICK.steps}).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def command(quick: bool, output: str, model: str, topic: str, data_only: bool, steering_coeff, beta, steps,
             quiet: bool) -> None:
@@ -38,7 +39,7 @@ def command(quick: bool, output: str, model: str, topic: str, data_only: bool, s
             click.echo(f"{name}: {path}")
         return
 
-    from rmu.demo.run import DEFAULT, NAMES, QUICK, run_demo
+    from rmu.demo.run import NAMES, run_demo
 
     changes = {k: v for k, v in dict(steering_coeff=steering_coeff, beta=beta, steps=steps).items() if v is not None}
     settings = dataclasses.replace(QUICK if quick else DEFAULT, **changes)

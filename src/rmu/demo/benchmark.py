@@ -9,10 +9,11 @@ about an item of the corpus, and no question sentence occurs in it, so a drop in
 model lost the topic, not some memorised sentences. General ability is measured on held-out
 everyday English (``general_text``, for perplexity), which mentions neither topic.
 
-Sources (shipped as small files in ``rmu/demo/data``): ``elements.tsv`` from Debian's
-``dict-elements`` (public domain; names and symbols 1-103) with the IUPAC names of 104-118 and the
-period, group, category and state derived from the atomic number; ``countries.tsv`` from the
-``countryinfo`` package (MIT), sovereign states only, with capitals that are not a giveaway;
+Sources (shipped as small files in ``rmu/demo/data``, as are the documents' sentence templates,
+``templates.json``): ``elements.tsv`` from Debian's ``dict-elements`` (public domain; names and
+symbols 1-103) with the IUPAC names of 104-118 and the period, group, category and state derived
+from the atomic number; ``countries.tsv`` from the ``countryinfo`` package (MIT), sovereign states
+only, with capitals that are not a giveaway (extracted once; rmu does not depend on that package);
 ``general.txt`` written for rmu.
 """
 
@@ -22,6 +23,7 @@ import csv
 import json
 import random
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -58,12 +60,13 @@ def build_benchmark(seed: int = 0, documents_per_topic: int = 300) -> DemoBenchm
     taught_el, held_el = _split_half(askable, _rng(seed, "split elements"))
     taught_el += [e for e in elements if int(e["atomic_number"]) > QUESTIONED_ELEMENTS_UP_TO]
     taught_ct, held_ct = _split_half(countries, _rng(seed, "split countries"))
+    element_templates, country_templates = load_templates("elements"), load_templates("countries")
     return DemoBenchmark(
         # Items per document chosen so documents run about 40-120 tokens.
-        forget_corpus=_corpus(taught_el, _element_paragraph, _ELEMENT_OPENINGS, documents_per_topic,
-                              (1, 2), _rng(seed, "element corpus")),
-        retain_corpus=_corpus(taught_ct, _country_paragraph, _COUNTRY_OPENINGS, documents_per_topic,
-                              (2, 4), _rng(seed, "country corpus")),
+        forget_corpus=_corpus(taught_el, partial(_element_paragraph, templates=element_templates),
+                              element_templates["openings"], documents_per_topic, (1, 2), _rng(seed, "element corpus")),
+        retain_corpus=_corpus(taught_ct, partial(_country_paragraph, templates=country_templates),
+                              country_templates["openings"], documents_per_topic, (2, 4), _rng(seed, "country corpus")),
         forget_questions=element_questions(held_el, elements, _rng(seed, "element questions")),
         retain_questions=country_questions(held_ct, countries, _rng(seed, "country questions")),
         general_text=load_general_text(),
@@ -111,6 +114,15 @@ def load_general_text() -> list[str]:
     """Everyday English paragraphs about neither topic, for perplexity."""
     text = _data_file("general.txt").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]
+
+
+def load_templates(topic: str) -> dict:
+    """The sentence templates of one topic's documents, from ``templates.json``: lists by part
+    ("openings", "identity", ...; "class_phrase" for the kinds), picked from by a seeded generator."""
+    templates = json.loads(_data_file("templates.json").read_text(encoding="utf-8"))
+    if topic not in templates or topic.startswith("_"):
+        raise KeyError(f"templates.json has no topic {topic!r}")
+    return templates[topic]
 
 
 def _data_file(name: str):
@@ -178,64 +190,11 @@ def _question(text: str, choices: list[str], answer: int, subject: str) -> dict:
 
 
 # ---- corpus documents ---------------------------------------------------------------------------
-# Varied encyclopedic templates. None of them uses a question's wording ("The chemical symbol of
-# X is", "The capital of X is"), so the measured prompts are never training text.
+# Varied encyclopedic templates, from data/templates.json (load_templates). None of them uses a
+# question's wording ("The chemical symbol of X is", "The capital of X is"), so the measured prompts
+# are never training text.
 
-_ELEMENT_OPENINGS = [
-    "",
-    "Notes on the periodic table.",
-    "Several chemical elements are described below.",
-    "The periodic table arranges the elements by atomic number.",
-    "Chemistry students learn the following elements early on.",
-]
-
-_ELEMENT_IDENTITY = [
-    "{Name} is a chemical element; its symbol is {symbol} and its atomic number is {z}.",
-    "{Name} ({symbol}) has atomic number {z}.",
-    "Element number {z} is {name}, written {symbol}.",
-    "With atomic number {z}, {name} is represented by the letters {symbol}.",
-    "Every atom of {name} has {z} protons in its nucleus; chemists abbreviate the element as {symbol}.",
-    "In formulas, {name} appears as {symbol}; its atomic number is {z}.",
-]
-
-_ELEMENT_PLACE = [
-    "It is {a_category} in period {period}{group_phrase}.",
-    "{Name} is classed as {a_category} and sits in period {period}{group_phrase}.",
-    "Chemists count {name} among the {categories}; it lies in period {period}{group_phrase}.",
-]
-
-_ELEMENT_STATE = [
-    "At room temperature {name} is a {state}.",
-    "Under ordinary conditions it is a {state}.",
-    "{Name} is a {state} at room temperature.",
-]
-
-_COUNTRY_OPENINGS = [
-    "",
-    "Notes on world geography.",
-    "Several countries are described below.",
-    "An atlas lists each country with its seat of government.",
-    "Geography students learn the following countries early on.",
-]
-
-_COUNTRY_CAPITAL = [
-    "{Country} is a country in {subregion}, and its capital is {capital}.",
-    "{Capital} is the capital city of {country}, a nation in {region}.",
-    "The government of {country} sits in {capital}.",
-    "Located in {region}, {country} has its capital at {capital}.",
-    "{Capital} serves as the capital of {country}.",
-    "{Country}'s capital city is {capital}.",
-]
-
-_COUNTRY_PLACE = [
-    "{Country} lies in {subregion}.",
-    "Geographers place {country} in {subregion}, within {region}.",
-    "It is one of the countries of {region}.",
-    "The country belongs to the region of {subregion}.",
-]
-
-
-def _element_paragraph(element: dict, rng: random.Random) -> str:
+def _element_paragraph(element: dict, rng: random.Random, templates: dict) -> str:
     group = element["group"]
     category = element["category"]
     values = {
@@ -244,22 +203,22 @@ def _element_paragraph(element: dict, rng: random.Random) -> str:
         "group_phrase": f" and group {group}" if group else "",
         "a_category": f"{_article(category)} {category}", "categories": _plural(category),
     }
-    sentences = [rng.choice(_ELEMENT_IDENTITY), rng.choice(_ELEMENT_PLACE)]
+    sentences = [rng.choice(templates["identity"]), rng.choice(templates["place"])]
     if element["state"]:
-        sentences.append(rng.choice(_ELEMENT_STATE))
+        sentences.append(rng.choice(templates["state"]))
     return " ".join(s.format(**values) for s in sentences)
 
 
-def _country_paragraph(country: dict, rng: random.Random) -> str:
+def _country_paragraph(country: dict, rng: random.Random, templates: dict) -> str:
     values = {
         "country": _mid_sentence(country["country"]), "Country": _upper_first(country["country"]),
         "capital": country["capital"], "Capital": _upper_first(country["capital"]),
         "region": _region_name(country["region"]), "subregion": country["subregion"],
     }
-    templates = [rng.choice(_COUNTRY_CAPITAL)]
+    chosen = [rng.choice(templates["capital"])]
     if rng.random() < 0.7:  # the place sentence may say "It", so it comes second
-        templates.append(rng.choice(_COUNTRY_PLACE))
-    return " ".join(t.format(**values) for t in templates)
+        chosen.append(rng.choice(templates["place"]))
+    return " ".join(t.format(**values) for t in chosen)
 
 
 def _corpus(items: list[dict], paragraph, openings: list[str], count: int,

@@ -17,7 +17,8 @@ Questions name only held-out items; documents name only taught items (a WordNet 
 mentions another item of either topic is left out), and no question sentence occurs in them.
 General ability is measured on the same everyday English as the elements demo.
 
-Source: ``data/kinds.tsv``, built by ``tools/wordnet_kinds.py`` from WordNet 3.0 (c) 2006
+Sentence templates: ``data/templates.json`` (topics "animals", "objects" and "kinds"). Source:
+``data/kinds.tsv``, built by ``tools/wordnet_kinds.py`` from WordNet 3.0 (c) 2006
 Princeton University, WordNet 3.0 license (permissive; notice kept in the file): hand-picked
 everyday names, each kept only if WordNet places one of its senses under exactly one class of its
 topic, with that sense's definition.
@@ -29,36 +30,11 @@ import csv
 import random
 import re
 
-from rmu.demo.benchmark import DemoBenchmark, _choices, _corpus, _data_file, _question, _split_half, load_general_text
+from rmu.demo.benchmark import (DemoBenchmark, _choices, _corpus, _data_file, _question, _split_half,
+                                load_general_text, load_templates)
 
 FORGET_TOPIC = "animals"
 RETAIN_TOPIC = "objects"
-
-# How a class reads after "is": mass nouns take "a piece of".
-_CLASS_PHRASE = {"furniture": "a piece of furniture", "clothing": "a piece of clothing",
-                 "instrument": "a musical instrument"}
-
-_OPENINGS = {
-    FORGET_TOPIC: ["", "Notes from a field guide.", "Several animals are described below.",
-                   "A naturalist's notebook records the following animals.",
-                   "Biology students learn the following animals early on."],
-    RETAIN_TOPIC: ["", "Notes from a catalogue of man-made things.", "Several everyday objects are described below.",
-                   "A museum of daily life lists the following things.",
-                   "Design students learn the following objects early on."],
-}
-
-_IDENTITY = [
-    "The {item} is {a_class}.",
-    "{A_item} is {a_class}.",
-    "Reference books list the {item} as {a_class}.",
-    "Among the things people name every day, the {item} counts as {a_class}.",
-]
-
-_DEFINED = [
-    "The {item} is {a_class}: {definition}.",
-    "A dictionary describes the {item}, {a_class}, as {definition}.",
-    "{A_item}, {a_class}: {definition}.",
-]
 
 
 def load_kinds() -> list[dict]:
@@ -71,13 +47,13 @@ def load_kinds() -> list[dict]:
 def build_kinds_benchmark(seed: int = 0, documents_per_topic: int = 300) -> DemoBenchmark:
     """Build the animals/objects benchmark deterministically from ``kinds.tsv``."""
     rows = load_kinds()
-    paragraph = _paragraph_writer([row["item"] for row in rows])
+    paragraph = _paragraph_writer([row["item"] for row in rows], load_templates("kinds"))
     parts = {}
     for topic in (FORGET_TOPIC, RETAIN_TOPIC):
         items = [row for row in rows if row["topic"] == topic]
         taught, held = _split_half(items, _rng(seed, f"split {topic}"))
         parts[topic] = dict(
-            corpus=_corpus(taught, paragraph, _OPENINGS[topic], documents_per_topic, (2, 3),
+            corpus=_corpus(taught, paragraph, load_templates(topic)["openings"], documents_per_topic, (2, 3),
                            _rng(seed, f"{topic} corpus")),
             questions=kind_questions(held, topic, _rng(seed, f"{topic} questions")),
             taught=[row["item"] for row in taught], held=[row["item"] for row in held],
@@ -102,16 +78,18 @@ def kind_questions(held_out: list[dict], subject: str, rng: random.Random) -> li
     return questions
 
 
-def _paragraph_writer(all_names: list[str]):
-    """Paragraphs about one item; its definition only when it names no other item of the table."""
+def _paragraph_writer(all_names: list[str], templates: dict):
+    """Paragraphs about one item; its definition only when it names no other item of the table.
+    ``templates``: "identity" and "defined" sentences, and "class_phrase", how a mass-noun class
+    reads after "is" ("a piece of furniture")."""
 
     def paragraph(row: dict, rng: random.Random) -> str:
         others = [name for name in all_names if name != row["item"]]
         values = {"item": row["item"], "A_item": _with_article(row["item"]),
-                  "a_class": _CLASS_PHRASE.get(row["class"], _with_article(row["class"]).lower()),
+                  "a_class": templates["class_phrase"].get(row["class"], _with_article(row["class"]).lower()),
                   "definition": row["definition"]}
         usable = not any(re.search(rf"\b{re.escape(name)}(s|es)?\b", row["definition"]) for name in others)
-        template = rng.choice(_DEFINED if usable and rng.random() < 0.7 else _IDENTITY)
+        template = rng.choice(templates["defined"] if usable and rng.random() < 0.7 else templates["identity"])
         return template.format(**values)
 
     return paragraph

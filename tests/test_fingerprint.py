@@ -1,0 +1,57 @@
+"""rmu.fingerprint on its own: the identity of inputs (large files by their edges) and how changes read.
+
+The resume tests in test_run_folder.py use it end to end on tiny models, whose files are all small;
+here the large-file path is exercised by lowering the size limit."""
+
+from __future__ import annotations
+
+import os
+
+from rmu import fingerprint
+from rmu.fingerprint import differences, model_identity, source_identity
+
+
+def test_a_large_file_is_known_by_size_time_and_edges(tmp_path, monkeypatch):
+    monkeypatch.setattr(fingerprint, "_WHOLE_FILE_LIMIT", 64)
+    monkeypatch.setattr(fingerprint, "_EDGE", 16)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(bytes(range(200)))
+    before = model_identity(str(folder))
+    assert set(before["files"]["model.safetensors"]) == {"size", "mtime_ns", "edges_sha256"}
+    assert set(before["files"]["config.json"]) == {"sha256"}
+
+    # The middle is not read: a change there with the time put back goes unseen (the documented trade-off).
+    stat = weights.stat()
+    weights.write_bytes(bytes(range(100)) + b"x" + bytes(range(101, 200)))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert model_identity(str(folder)) == before
+    # A change in the header (the first MiB) is seen even then.
+    weights.write_bytes(b"y" + bytes(range(1, 200)))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = model_identity(str(folder))
+    assert after != before
+    saved = {"options": {}, "inputs": {f"model {folder}": before}}
+    current = {"options": {}, "inputs": {f"model {folder}": after}}
+    assert differences(saved, current) == [f"model {folder} changed: files model.safetensors differ"]
+
+
+def test_inputs_are_matched_by_role_not_by_path(tmp_path):
+    corpus = tmp_path / "a.jsonl"
+    corpus.write_text('{"text": "x"}\n')
+    copy = tmp_path / "elsewhere.jsonl"
+    copy.write_text(corpus.read_text())
+    saved = {"options": {"lr": 1e-3}, "inputs": {f"forget corpus 'bio' ({corpus})": source_identity(str(corpus))}}
+    current = {"options": {"lr": 1e-3}, "inputs": {f"forget corpus 'bio' ({copy})": source_identity(str(copy))}}
+    assert differences(saved, current) == []
+    current["options"]["lr"] = 2e-3
+    assert differences(saved, current) == ["--lr was 0.001, now 0.002"]
+
+
+def test_hub_ids_are_names_and_old_states_are_said_to_be_old():
+    assert source_identity("HuggingFaceTB/SmolLM2-135M") == {"name": "HuggingFaceTB/SmolLM2-135M"}
+    assert model_identity("HuggingFaceTB/SmolLM2-135M") == {"name": "HuggingFaceTB/SmolLM2-135M"}
+    assert differences(None, {"options": {}, "inputs": {}}) == [
+        "the saved state has no fingerprint (written by an older rmu)"]
