@@ -262,12 +262,38 @@ class LayerSweepSettings(SweepSettings):
     layers: IntList = Field(description="Steered layers: 3,6,9 or 3-15 or 3-15:3.")
     methods: NameList = Field(list(METHODS), description="rmu, adaptive or both.")
 
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, layers: list[int]) -> list[int]:
+        if not layers:
+            raise ValueError("give at least one layer")
+        if any(layer < 0 for layer in layers):
+            raise ValueError(f"layers must be 0 or more, got {layers}")
+        return sorted(set(layers))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
+        return list(dict.fromkeys(methods))
+
 
 class CoeffSweepSettings(SweepSettings):
     values: FloatList = Field(description="Coefficients: c for rmu, beta for adaptive (1,2,5,10).")
     method: Literal[METHODS] = Field("rmu", description="The method whose coefficient is swept.")
     layer: int | None = Field(None, description="Steered layer (default: the config's, else 7).")
     cosine_batches: int = Field(4, ge=1, description="Forget batches per topic on which cos(h_l, u) is measured.")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("give at least one coefficient value")
+        if any(v <= 0 for v in values):
+            raise ValueError(f"coefficients must be positive, got {sorted(values)}")
+        return sorted(set(values))
 
 
 def _task_names(tasks: Sequence) -> list[str]:
@@ -357,7 +383,7 @@ class _SweepExperiment(Experiment):
     # -- what each sweep defines --------------------------------------------------------------------
 
     def plan(self, settings, values: dict) -> _Plan:
-        """Check the grid; the saved settings and the points."""
+        """The settings saved in sweep.json, the grid and the points (the settings checked the grid)."""
         raise NotImplementedError
 
     def check_model(self, sweep: "_Sweep", settings) -> None:
@@ -403,19 +429,10 @@ class LayerSweep(_SweepExperiment):
     settings = LayerSweepSettings
 
     def plan(self, settings: LayerSweepSettings, values: dict) -> _Plan:
-        layers = sorted(set(settings.layers))
-        methods = list(dict.fromkeys(settings.methods))
-        if not layers:
-            raise AnalysisError("give at least one layer")
-        if any(layer < 0 for layer in layers):
-            raise AnalysisError(f"layers must be 0 or more, got {layers}")
-        bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
-            raise AnalysisError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
         points = [_Point({"method": m, "layer": l}, dict(values, method=m, layer=l, update_layers=None),
-                         f"{m}_layer{l}") for m in methods for l in layers]
+                         f"{m}_layer{l}") for m in settings.methods for l in settings.layers]
         return _Plan({k: v for k, v in values.items() if k not in _POINT_OPTIONS},
-                     {"layers": layers, "methods": methods}, points, "layer sweep")
+                     {"layers": settings.layers, "methods": settings.methods}, points, "layer sweep")
 
     def check_model(self, sweep: "_Sweep", settings: LayerSweepSettings) -> None:
         depth = find_structure(sweep.model).num_layers
@@ -443,11 +460,6 @@ class CoeffSweep(_SweepExperiment):
     settings = CoeffSweepSettings
 
     def plan(self, settings: CoeffSweepSettings, values: dict) -> _Plan:
-        grid = sorted(set(settings.values))
-        if not grid:
-            raise AnalysisError("give at least one coefficient value")
-        if any(v <= 0 for v in grid):
-            raise AnalysisError(f"coefficients must be positive, got {grid}")
         if settings.layer is not None:
             values.update(layer=settings.layer, update_layers=None)
         method, coefficient = settings.method, _coefficient_name(settings.method)
@@ -455,8 +467,8 @@ class CoeffSweep(_SweepExperiment):
         saved.update(method=method, layer=values.get("layer", 7), coefficient=coefficient,
                      update_layers=values.get("update_layers"), cosine_batches=settings.cosine_batches)
         points = [_Point({"value": v}, dict(values, method=method, **{coefficient: v}), f"{method}_{coefficient}{v:g}")
-                  for v in grid]
-        return _Plan(saved, {"values": grid}, points, f"{coefficient} sweep")
+                  for v in settings.values]
+        return _Plan(saved, {"values": settings.values}, points, f"{coefficient} sweep")
 
     def baseline(self, sweep: "_Sweep", settings: CoeffSweepSettings, values: dict) -> dict:
         coefficient = _coefficient_name(settings.method)
