@@ -14,6 +14,7 @@ from rmu import plots
 from rmu.analysis import (AnalysisError, analyze_confidence, analyze_noise, analyze_norms, generated_max_logits,
                           noise_sensitivity, sweep_coeff, sweep_layers)
 from rmu.analysis.common import layer_output
+from rmu.cli import main
 from rmu.cli.analyze import command as analyze_command
 from rmu.cli.report import command as report_command
 from rmu.cli.sweep import command as sweep_command
@@ -336,17 +337,17 @@ def test_cli_sweep_analyze_and_report(workspace, tmp_path):
 
 
 def test_cli_errors_are_clear(workspace, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(sweep_command, ["layers", "--layers", "5-2", "--forget-task", "x", "--retain-task", "y",
-                                           "--output", str(tmp_path / "o")])
+    runner = CliRunner()  # through the rmu group, which prints rmu's errors
+    result = runner.invoke(main, ["sweep", "layers", "--layers", "5-2", "--forget-task", "x", "--retain-task", "y",
+                                  "--output", str(tmp_path / "o")])
     assert result.exit_code != 0 and "range" in result.output
-    result = runner.invoke(sweep_command, ["layers", "--layers", "2", "--forget-task", "x", "--retain-task", "y",
-                                           "--output", str(tmp_path / "o")])
+    result = runner.invoke(main, ["sweep", "layers", "--layers", "2", "--forget-task", "x", "--retain-task", "y",
+                                  "--output", str(tmp_path / "o")])
     assert result.exit_code != 0 and "missing --model" in result.output
-    result = runner.invoke(analyze_command, ["confidence", "--model", f"base={tmp_path / 'nope'}", "--questions", "x",
-                                             "--output", str(tmp_path / "o")])
+    result = runner.invoke(main, ["analyze", "confidence", "--model", f"base={tmp_path / 'nope'}", "--questions", "x",
+                                  "--output", str(tmp_path / "o")])
     assert result.exit_code != 0 and "not a checkpoint folder" in result.output
-    result = runner.invoke(report_command, [str(tmp_path), "--output", str(tmp_path / "r")])
+    result = runner.invoke(main, ["report", str(tmp_path), "--output", str(tmp_path / "r")])
     assert result.exit_code != 0 and "no result of rmu" in result.output
     assert parse_int_range("3-15:3") == [3, 6, 9, 12, 15]
 

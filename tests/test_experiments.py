@@ -9,8 +9,9 @@ from click.testing import CliRunner
 from pydantic import Field
 
 from rmu.cli import main
-from rmu.cli.experiments import experiment_command, settings_options
+from rmu.cli.experiments import experiment_command, settings_from_options, settings_options
 from rmu.experiments import Experiment, ExperimentError, NamedModels, Settings, Table
+from rmu.experiments.values import FloatList, NameList, OptionalIntList
 from rmu.experiments.registry import EXPERIMENTS, results_in
 from rmu.report import build_report
 
@@ -139,3 +140,34 @@ def test_a_wrong_option_value_is_one_line_through_the_group(workspace, tmp_path)
     assert result.exit_code == 1
     assert "is not a checkpoint folder" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+class ParsedSettings(Settings):
+    runs: list[str] = Field(description="Result folders.", json_schema_extra={"argument": True, "path": "any",
+                                                                              "results": True})
+    layers: OptionalIntList = Field(None, description="Layers.")
+    values: FloatList = Field([1.0, 2.5], description="Values.")
+    methods: NameList = Field(["rmu", "adaptive"], description="Methods.")
+
+
+def test_a_setting_written_as_one_text_is_one_option_that_its_validator_parses(tmp_path):
+    options = {p.name: p for p in settings_options(ParsedSettings)(click.command("x")(lambda **v: None)).params}
+    assert options["runs"].param_type_name == "argument" and options["runs"].nargs == -1
+    for name in ("layers", "values", "methods"):
+        assert not options[name].multiple and options[name].type == click.STRING
+    assert options["values"].default == "1.0,2.5" and options["methods"].default == "rmu,adaptive"
+    assert options["layers"].default is None
+    seen = {}
+    command = click.command("x")(settings_options(ParsedSettings)(lambda **v: seen.update(
+        settings=settings_from_options(ParsedSettings, v))))
+    result = CliRunner().invoke(command, [str(tmp_path), "--layers", "3,5-9:2", "--values", "0.5,4"],
+                                standalone_mode=False)
+    assert result.exception is None, result.output
+    settings = seen["settings"]
+    assert settings.layers == [3, 5, 7, 9] and settings.values == [0.5, 4.0] and settings.methods == ["rmu", "adaptive"]
+    assert settings.input_paths("results") == [tmp_path] and settings.runs == [str(tmp_path)]
+    assert ParsedSettings.parse(runs=["r"], layers=[1, 2]).layers == [1, 2]  # a list from Python passes as it is
+    with pytest.raises(ExperimentError, match=r"layers: Value error, '5-2': use a list \(3,6,9\), a range"):
+        ParsedSettings.parse(runs=["r"], layers="5-2")
+    with pytest.raises(ExperimentError, match="values: Value error, 'a,b': give comma-separated numbers"):
+        ParsedSettings.parse(runs=["r"], values="a,b")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from conftest import write_workspace
 from rmu import plots
 from rmu.analysis import sweep_layers
+from rmu.cli import main
 from rmu.cli.sweep import command as sweep_command
 from rmu.testing import tiny_model
 
@@ -46,8 +47,8 @@ def test_coeff_sweep_on_two_seeds_reports_mean_and_std(workspace, tmp_path):
     bars = [c for c in figure.axes[0].containers if getattr(c, "has_yerr", False)]
     assert len(bars) == 2  # forget and retain, each with error bars
     # A rerun with another number of seeds is a different sweep.
-    again = CliRunner().invoke(sweep_command, [a if a != "2" or i != args.index("--seeds") + 1 else "3"
-                                               for i, a in enumerate(args)])
+    again = CliRunner().invoke(main, ["sweep", *[a if a != "2" or i != args.index("--seeds") + 1 else "3"
+                                                 for i, a in enumerate(args)]])
     assert again.exit_code != 0 and "seeds" in again.output
 
 

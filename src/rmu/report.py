@@ -15,12 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from rmu.experiments.base import ExperimentError, Section, Table, read_json
+from rmu.experiments.base import ExperimentError, Section
 from rmu.outputs import writes_folder
-
-# Results not yet shaped as experiments (rmu.experiments), shown by the sections below.
-LEGACY_RESULT_FILES = ("sweep.json", "confidence.json", "norms.json", "noise.json")
-
 
 def _fmt(value) -> str:
     if value is None:
@@ -35,47 +31,10 @@ def sections_of(folder: Path) -> list[Section]:
     from rmu.experiments.registry import results_in
 
     sections = [experiment.section(folder, data) for experiment, data in results_in(folder)]
-    sections += [_legacy_section(folder, name) for name in LEGACY_RESULT_FILES if (folder / name).is_file()]
     if not sections:
         raise ExperimentError(f"{folder}: no result of rmu found (no run.json, and no JSON result of an rmu "
                               "analysis, sweep, attack or study)")
     return sections
-
-
-def _legacy_section(folder: Path, name: str) -> Section:
-    data = read_json(folder / name)
-    figures = sorted(folder.glob("*.png"))
-    if name == "sweep.json":
-        return _sweep_section(folder, data, figures)
-    if name == "confidence.json":
-        rows = [[m, e["count"], e["mean"], e["variance"], e["std"]] for m, e in data["models"].items()]
-        return Section(f"MaxLogit confidence: {folder.name}", folder, data["settings"],
-                       [Table(["model", "tokens", "mean max logit", "variance", "std"], rows)], figures=figures)
-    if name == "norms.json":
-        rows = [[run["label"], topic, s["frozen_forget_norm"][0], s["forget_norm"][-1], s["coeff"][-1],
-                 f"{100 * s['final_gap']:.1f}%", s["forget_loss"][-1]]
-                for run in data["runs"] for topic, s in run["topics"].items()]
-        header = ["run", "topic", "frozen norm", "final norm", "coefficient", "final |norm-c|/c", "final forget loss"]
-        return Section(f"Norm convergence: {folder.name}", folder, data["settings"], [Table(header, rows)],
-                       figures=figures)
-    models = list(data["models"])
-    layers = [r["layer"] for r in data["models"][models[0]]["layers"]]
-    by = {m: {r["layer"]: r["sensitivity"] for r in data["models"][m]["layers"]} for m in models}
-    rows = [[k, *(by[m].get(k) for m in models)] for k in layers]
-    return Section(f"Noise sensitivity: {folder.name}", folder, data["settings"], [Table(["layer k", *models], rows)],
-                   figures=figures)
-
-
-def _sweep_section(folder: Path, data: dict, figures: list[Path]) -> Section:
-    from rmu.analysis.sweeps import coeff_table, layer_table
-
-    text = layer_table(data) if data["kind"] == "layers" else coeff_table(data)
-    lines = text.splitlines()
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    kind = "Layer sweep" if data["kind"] == "layers" else "Coefficient sweep"
-    errors = [f"{p.get('method', '')} {p.get('layer', p.get('value'))}: {p['error']}" for p in data["points"] if "error" in p]
-    return Section(f"{kind}: {folder.name}", folder, data["settings"], [Table(header, rows)], errors, figures)
 
 
 def _markdown(sections: list[Section], title: str, figure_dir: Path, base: Path) -> str:
@@ -88,7 +47,7 @@ def _markdown(sections: list[Section], title: str, figure_dir: Path, base: Path)
             out += ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
             out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in table.rows]
             out.append("")
-        out += [f"- {note}" for note in section.notes]
+        out += [f"- {note}" for note in section.notes] + ([""] if section.notes else [])
         for figure in section.figures:
             target = figure_dir / f"{index}_{figure.name}"
             out += [f"![{figure.stem}]({target.relative_to(base).as_posix()})", ""]

@@ -52,13 +52,14 @@ import yaml
 from rmu.progress import bar as tqdm
 
 from rmu import scale
-from rmu.analysis.common import load_full_model, write_json
+from rmu.analysis.common import load_full_model, read_json, write_json
 from rmu.analysis.sweeps import sweep_inputs
 from rmu.config import ConfigError, UnlearnConfig, make_config
 from rmu.engine import UnlearnError, unlearn
 from rmu.errors import RmuError
 from rmu.eval import evaluate, perplexity
 from rmu.eval.tasks import Task, load_task
+from rmu.experiments.base import Experiment, Settings, Table
 from rmu.outputs import writes_folder
 from rmu.structure import check_layer, find_structure
 
@@ -453,6 +454,7 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
     feasible = best is not None
     best = best or _least_violating(study)
     summary: dict[str, Any] = {
+        "kind": "tune", "settings": json.loads(json.dumps({**asdict(settings), "base": tuner.base_values}, default=str)),
         "baseline": tuner.baseline, "chance": tuner.scorer.chance, "feasible": feasible,
         "trials": {state: sum(t["state"] == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         "max_retain_drop": settings.max_retain_drop, "max_perplexity_rise": settings.max_perplexity_rise,
@@ -535,3 +537,98 @@ def plot_pareto(trials: list[dict], baseline: dict, chance: float, max_retain_dr
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"rmu tune: {len(scored)} scored trials")
     return figure
+
+
+# ---- how a study is shown ------------------------------------------------------------------------
+
+class TuneStudy(Experiment):
+    """How ``rmu report`` and ``rmu tune`` show a study: its summary.json, trials.json and pareto.png.
+
+    Not run through :meth:`Experiment.run` (:func:`tune` writes the folder); registered so that a
+    study folder renders like any result. Old studies' summary.json, written before it carried a
+    ``"kind"``, are recognised by the file name.
+    """
+
+    kind = "tune"
+    title = "Tuning study"
+    command = "tune"
+    settings = Settings  # the study's settings are its TuneSettings and base options, saved under "settings"
+
+    @classmethod
+    def result_file(cls) -> str:
+        return SUMMARY_FILE
+
+    def section(self, folder, data):
+        trials = folder / TRIALS_FILE
+        records = read_json(trials).get("trials", []) if trials.is_file() else []
+        return super().section(folder, dict(data, trial_records=records))
+
+    def tables(self, data: dict) -> list[Table]:
+        tables = []
+        records = data.get("trial_records") or []
+        if records:
+            rows = [[t["number"], t["state"], *_settings_cells(t.get("settings") or {}),
+                     *_score_cells(t.get("scores") or {}), t.get("value"),
+                     None if not t.get("constraints") else "yes" if all(c <= 0 for c in t["constraints"]) else "no",
+                     t.get("health")] for t in records]
+            tables.append(Table(["trial", "state", *_SETTING_COLUMNS, "forget acc", "retain acc", "perplexity",
+                                 "objective", "feasible", "health"], rows, "Trials"))
+        best = data.get("best")
+        if best is not None:
+            label = "best" if data.get("feasible") else "least violating (no trial met the constraint)"
+            rows = [[label, best["number"], *_settings_cells(best.get("settings") or {}),
+                     *_score_cells(best.get("scores") or {})]]
+            seeds = data.get("seeds") or {}
+            for name, block in (("rerun", seeds), ("held-out questions", seeds.get("holdout") or {})):
+                if "forget_accuracy" in block:
+                    rows.append([f"{name}, {len(seeds['runs'])} seed(s)", best["number"], *[None] * len(_SETTING_COLUMNS),
+                                 *[f"{block[k]['mean']:.3f} +- {block[k]['std']:.3f}" if k in block else None
+                                   for k in _SCORES]])
+            tables.append(Table(["", "trial", *_SETTING_COLUMNS, "forget acc", "retain acc", "perplexity"], rows,
+                                "Best settings"))
+        return tables
+
+    def notes(self, data: dict) -> list[str]:
+        base = data.get("baseline") or {}
+        return ["base model: " + ", ".join(f"{k} {v:.4g}" for k, v in base.items()),
+                f"chance (forget questions): {data.get('chance'):.3f}",
+                "trials: " + ", ".join(f"{n} {state.lower()}" for state, n in (data.get("trials") or {}).items() if n),
+                f"minutes: {data.get('minutes')}"]
+
+    def summary(self, data: dict) -> list[str]:
+        base = data["baseline"]
+        lines = [f"base: forget {base['forget_accuracy']:.3f}, retain {base['retain_accuracy']:.3f} "
+                 f"(chance {data['chance']:.3f}); trials: " +
+                 ", ".join(f"{n} {state.lower()}" for state, n in data["trials"].items() if n)]
+        best = data.get("best")
+        if best is None:
+            return lines + ["no trial finished"]
+        scores = best["scores"]
+        verdict = "best" if data["feasible"] else "no trial met the constraint; least violating"
+        lines.append(f"{verdict}: trial {best['number']} {best['settings']}: forget {scores['forget_accuracy']:.3f}, "
+                     f"retain {scores['retain_accuracy']:.3f}")
+        seeds = data.get("seeds") or {}
+        for label, block in (("rerun", seeds), ("held-out questions", seeds.get("holdout") or {})):
+            if "forget_accuracy" in block:
+                runs = len(seeds["runs"])
+                lines.append(f"{label} on {runs} seed(s): forget {block['forget_accuracy']['mean']:.3f} "
+                             f"+- {block['forget_accuracy']['std']:.3f}, retain {block['retain_accuracy']['mean']:.3f} "
+                             f"+- {block['retain_accuracy']['std']:.3f}")
+        return lines
+
+
+_SETTING_COLUMNS = ["method", "layer", "steps", "lr", "alpha", "c or beta", "noise"]
+_SCORES = ("forget_accuracy", "retain_accuracy", "perplexity")
+
+
+def _settings_cells(settings: dict) -> list:
+    def text(value):
+        return ", ".join(f"{v:.4g}" for v in value) if isinstance(value, list) else value
+
+    coefficient = settings.get("steering_coeff", settings.get("beta"))
+    return [settings.get("method"), settings.get("layer"), settings.get("steps"), text(settings.get("lr")),
+            text(settings.get("alpha")), text(coefficient), text(settings.get("noise"))]
+
+
+def _score_cells(scores: dict) -> list:
+    return [scores.get(k) for k in _SCORES]

@@ -1,7 +1,9 @@
 """Measurements of the paper's claims: sweeps over layers and coefficients, and analyses.
 
 Everything here reuses the engine (:func:`rmu.engine.unlearn`) and the evaluator
-(:func:`rmu.eval.evaluate`); each function saves JSON (and a PNG) when given an output folder.
+(:func:`rmu.eval.evaluate`). Each analysis and sweep is an experiment (:mod:`rmu.experiments`: a
+settings model, ``compute``, figures, report tables); the functions below are their Python entry
+points and save JSON (and a PNG) when given an output folder.
 """
 
 from rmu.analysis.common import AnalysisError

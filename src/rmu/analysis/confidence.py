@@ -17,10 +17,13 @@ from typing import Sequence
 import torch
 from rmu.progress import bar as tqdm
 
-from rmu.analysis.common import AnalysisError, model_or_path, write_json
+from pydantic import Field
+
+from rmu.analysis.common import AnalysisError
 from rmu.eval.prompts import SCORINGS, prompt_and_continuations
 from rmu.eval.tasks import Task, load_task
-from rmu.outputs import writes_folder
+from rmu.experiments.base import Experiment, NamedModels, Settings, Table, open_models, split_models
+from rmu.experiments.values import Scoring
 from rmu.runner import eval_mode
 
 # the evaluator's prompt of each scoring; "completion" feeds the question itself ("The symbol of iron is")
@@ -68,7 +71,68 @@ def summarize(values: Sequence[float]) -> dict:
     return {"count": n, "mean": mean, "variance": variance, "std": math.sqrt(variance)}
 
 
-@writes_folder("analyze confidence", inputs=("models", "questions"))
+class ConfidenceSettings(Settings):
+    models: NamedModels = Field(description="A model to compare, e.g. base=PATH and unlearned=PATH (repeat).",
+                                json_schema_extra={"cli": "--model", "metavar": "NAME=PATH", "path": "dir"})
+    questions: list[str] = Field(description="Forget questions: task names or question files (repeatable).",
+                                 json_schema_extra={"metavar": "NAME_OR_FILE"})
+    tokens: int = Field(30, ge=1, description="Greedy tokens per question.")
+    limit: int | None = Field(None, ge=1, description="Only the first N questions of each task.")
+    prompt: Scoring = Field("cloze", description="The evaluator's prompt of this scoring; completion feeds the "
+                                                 "question itself.")
+    keep_text: bool = Field(True, description="Keep each generated text in the result.", json_schema_extra={"cli": None})
+
+    def input_paths(self, key: str = "path") -> list[Path]:
+        # Question files are inputs too (a task name is not a path and is skipped by rmu.outputs).
+        return super().input_paths(key) + ([Path(q) for q in self.questions] if key == "path" else [])
+
+
+class Confidence(Experiment):
+    """Max logit of greedily generated tokens on forget questions: histograms, mean, variance."""
+
+    kind = "confidence"
+    title = "MaxLogit confidence"
+    command = "analyze confidence"
+    settings = ConfidenceSettings
+
+    def compute(self, settings: ConfidenceSettings, progress: bool = True, models: dict | None = None,
+                questions: Sequence | None = None) -> dict:
+        tasks = []
+        for item in settings.questions if questions is None else questions:
+            try:
+                tasks.append(load_task(item).head(settings.limit))
+            except (FileNotFoundError, ValueError) as error:
+                raise AnalysisError(f"questions {item!s}: {error}") from None
+        prompts = [PROMPTS[settings.prompt](q) for task in tasks for q in task.questions]
+        if not prompts:
+            raise AnalysisError("no questions")
+        data = {"tasks": [t.name for t in tasks], "models": {}}
+        for name, model, tokenizer in open_models(settings.models, models):
+            values, texts = [], []
+            for text in tqdm(prompts, desc=f"generating ({name})", disable=not progress, unit="question"):
+                maxima, ids = generated_max_logits(model, tokenizer, text, settings.tokens)
+                values += maxima
+                if settings.keep_text:
+                    texts.append(tokenizer.decode(ids))
+            data["models"][name] = {**summarize(values), "max_logits": values}
+            if settings.keep_text:
+                data["models"][name]["generations"] = [{"prompt": p, "generated": g} for p, g in zip(prompts, texts)]
+        return data
+
+    def figures(self, data: dict) -> dict:
+        from rmu import plots
+
+        return {"confidence.png": plots.plot_confidence(data)}
+
+    def tables(self, data: dict) -> list[Table]:
+        rows = [[m, e["count"], e["mean"], e["variance"], e["std"]] for m, e in data["models"].items()]
+        return [Table(["model", "tokens", "mean max logit", "variance", "std"], rows)]
+
+    def summary(self, data: dict) -> list[str]:
+        return [f"{name}: {entry['count']} tokens, mean max logit {entry['mean']:.3f}, variance {entry['variance']:.3f}"
+                for name, entry in data["models"].items()]
+
+
 def analyze_confidence(models: dict, questions: Sequence[str | Path | Task] | str | Path | Task,
                        output: str | Path | None = None, *, tokens: int = 30, limit: int | None = None,
                        prompt: str = "cloze", progress: bool = True, plot: bool = True,
@@ -79,43 +143,11 @@ def analyze_confidence(models: dict, questions: Sequence[str | Path | Task] | st
     ``{"base": ..., "unlearned": ...}``. ``questions``: forget question tasks (names or files).
     Writes ``confidence.json`` and ``confidence.png`` to ``output`` when given.
     """
-    if not models:
-        raise AnalysisError("give at least one model")
-    if prompt not in PROMPTS:
-        raise AnalysisError(f"unknown prompt {prompt!r}; use {', '.join(PROMPTS)}")
-    if tokens < 1:
-        raise AnalysisError("tokens must be at least 1")
     if isinstance(questions, (str, Path, Task)):
         questions = [questions]
-    tasks = []
-    for item in questions:
-        try:
-            tasks.append(load_task(item).head(limit))
-        except (FileNotFoundError, ValueError) as error:
-            raise AnalysisError(f"questions {item!s}: {error}") from None
-    prompts = [PROMPTS[prompt](q) for task in tasks for q in task.questions]
-    if not prompts:
-        raise AnalysisError("no questions")
-    data = {"kind": "confidence",
-            "settings": {"tokens": tokens, "prompt": prompt, "limit": limit, "questions": [t.name for t in tasks],
-                         "models": {n: str(m) if isinstance(m, (str, Path)) else "in memory" for n, m in models.items()}},
-            "models": {}}
-    for name, source in models.items():
-        model, tokenizer = model_or_path(*source) if isinstance(source, tuple) else model_or_path(source)
-        values, texts = [], []
-        for text in tqdm(prompts, desc=f"generating ({name})", disable=not progress, unit="question"):
-            maxima, ids = generated_max_logits(model, tokenizer, text, tokens)
-            values += maxima
-            if keep_text:
-                texts.append(tokenizer.decode(ids))
-        data["models"][name] = {**summarize(values), "max_logits": values}
-        if keep_text:
-            data["models"][name]["generations"] = [{"prompt": p, "generated": g} for p, g in zip(prompts, texts)]
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu import plots
-
-            plots.save_figure(plots.plot_confidence(data), output / "confidence.png")
-    return data
+    described, loaded = split_models(models)
+    settings = ConfidenceSettings.parse(models=described, questions=[q.name if isinstance(q, Task) else str(q)
+                                                                     for q in questions],
+                                        tokens=tokens, limit=limit, prompt=prompt, keep_text=keep_text)
+    return Confidence().run(settings, output, plot=plot, progress=progress,
+                            inputs={"models": loaded, "questions": list(questions)})

@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
-from rmu.analysis.common import AnalysisError, forget_batches, model_or_path, write_json
-from rmu.outputs import writes_folder
+from pydantic import Field
+
+from rmu.analysis.common import AnalysisError, forget_batches
+from rmu.experiments.base import Experiment, NamedModels, Settings, Table, open_models, split_models
+from rmu.experiments.values import OptionalIntList
 from rmu.runner import eval_mode, forward_until
 from rmu.structure import check_layer, find_structure, layer_hidden, with_layer_hidden
 
 RESULT_FILE = "noise.json"
 SCALE_MODES = ("relative", "absolute")
+DEFINITION = ("per real token ||g(h+xi)-g(h)||^2/||g(h)||^2, g = layers k+1..L-1 (last decoder layer's output)")
 
 
 @torch.no_grad()
@@ -96,32 +100,71 @@ def noise_sensitivity(model, tokenizer, texts: Sequence[str] | str | Path, *, la
     return results
 
 
-@writes_folder("analyze noise-sensitivity", inputs=("models", "texts"))
+class NoiseSettings(Settings):
+    models: NamedModels = Field(description="A model to measure, e.g. base=PATH and unlearned=PATH (repeat).",
+                                json_schema_extra={"cli": "--model", "metavar": "NAME=PATH", "path": "dir"})
+    texts: str = Field(description="Texts the hidden states come from (a corpus file, e.g. the forget corpus).",
+                       json_schema_extra={"path": "file"})
+    layers: OptionalIntList = Field(None, description="Layers k to inject noise at: 3,6,9 or 0-10 (default: all "
+                                                      "but the last).")
+    scale: float = Field(0.1, ge=0, description="Noise scale (see --scale-mode).")
+    scale_mode: Literal[SCALE_MODES] = Field("relative", description="relative: E||xi_t|| = scale * ||h_t|| per "
+                                                                     "token; absolute: xi = scale * N(0, I).")
+    samples: int = Field(2, ge=1, description="Noise draws.")
+    max_batches: int | None = Field(2, ge=1, description="Batches of texts used.", json_schema_extra={"cli": "--batches"})
+    batch_size: int = Field(4, ge=1, description="Texts per batch.")
+    max_len: int = Field(128, ge=1, description="Tokens kept of each text.")
+    seed: int = Field(0, description="Seed of the noise draws.")
+
+
+class Noise(Experiment):
+    """||g(h+xi)-g(h)||^2/||g(h)||^2 of the layers above k for Gaussian noise at layer k."""
+
+    kind = "noise"
+    title = "Noise sensitivity"
+    command = "analyze noise-sensitivity"
+    settings = NoiseSettings
+
+    def compute(self, settings: NoiseSettings, progress: bool = True, models: dict | None = None,
+                texts: Sequence[str] | None = None) -> dict:
+        source = settings.texts if texts is None else texts
+        data = {"definition": DEFINITION, "models": {}}
+        for name, model, tokenizer in open_models(settings.models, models):
+            data["models"][name] = {"layers": noise_sensitivity(
+                model, tokenizer, source, layers=settings.layers, scale=settings.scale, scale_mode=settings.scale_mode,
+                samples=settings.samples, seed=settings.seed, batch_size=settings.batch_size,
+                max_len=settings.max_len, max_batches=settings.max_batches, progress=progress)}
+        return data
+
+    def figures(self, data: dict) -> dict:
+        from rmu import plots
+
+        return {"noise.png": plots.plot_noise(data)}
+
+    def tables(self, data: dict) -> list[Table]:
+        models = list(data["models"])
+        layers = [r["layer"] for r in data["models"][models[0]]["layers"]]
+        by = {m: {r["layer"]: r["sensitivity"] for r in data["models"][m]["layers"]} for m in models}
+        return [Table(["layer k", *models], [[k, *(by[m].get(k) for m in models)] for k in layers])]
+
+    def notes(self, data: dict) -> list[str]:
+        return [f"sensitivity: {data.get('definition', DEFINITION)}"]
+
+    def summary(self, data: dict) -> list[str]:
+        return [name + ": " + ", ".join(f"{r['layer']}: {r['sensitivity']:.3g}" for r in entry["layers"])
+                for name, entry in data["models"].items()]
+
+
 def analyze_noise(models: dict, texts: Sequence[str] | str | Path, output: str | Path | None = None, *,
                   layers: Sequence[int] | None = None, scale: float = 0.1, scale_mode: str = "relative",
                   samples: int = 2, seed: int = 0, batch_size: int = 4, max_len: int = 128,
                   max_batches: int | None = 2, progress: bool = True, plot: bool = True) -> dict:
     """Noise sensitivity per layer for each model (name -> path or (model, tokenizer))."""
-    if not models:
-        raise AnalysisError("give at least one model")
-    data = {"kind": "noise",
-            "settings": {"scale": scale, "scale_mode": scale_mode, "samples": samples, "seed": seed,
-                         "batch_size": batch_size, "max_len": max_len, "max_batches": max_batches,
-                         "texts": str(texts) if isinstance(texts, (str, Path)) else f"{len(texts)} texts",
-                         "definition": "per real token ||g(h+xi)-g(h)||^2/||g(h)||^2, g = layers k+1..L-1 "
-                                       "(last decoder layer's output)",
-                         "models": {n: str(m) if isinstance(m, (str, Path)) else "in memory" for n, m in models.items()}},
-            "models": {}}
-    for name, source in models.items():
-        model, tokenizer = model_or_path(*source) if isinstance(source, tuple) else model_or_path(source)
-        data["models"][name] = {"layers": noise_sensitivity(
-            model, tokenizer, texts, layers=layers, scale=scale, scale_mode=scale_mode, samples=samples, seed=seed,
-            batch_size=batch_size, max_len=max_len, max_batches=max_batches, progress=progress)}
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu import plots
-
-            plots.save_figure(plots.plot_noise(data), output / "noise.png")
-    return data
+    described, loaded = split_models(models)
+    in_memory = not isinstance(texts, (str, Path))
+    settings = NoiseSettings.parse(models=described, texts=f"{len(texts)} texts" if in_memory else str(texts),
+                                   layers=None if layers is None else list(layers), scale=scale, scale_mode=scale_mode,
+                                   samples=samples, seed=seed, batch_size=batch_size, max_len=max_len,
+                                   max_batches=max_batches)
+    return Noise().run(settings, output, plot=plot, progress=progress,
+                       inputs={"models": loaded, "texts": list(texts) if in_memory else None})

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from rmu.analysis.common import AnalysisError, read_json, write_json
-from rmu.outputs import writes_folder
+from pydantic import Field
+
+from rmu.analysis.common import AnalysisError, read_json
+from rmu.experiments.base import Experiment, Settings, Table
 from rmu.run_folder import RUN_FILE
 
 RESULT_FILE = "norms.json"
@@ -73,16 +75,40 @@ def run_series(path: str | Path) -> dict:
     return {"path": str(path), "label": label, "method": method, "layer": config.get("layer"), "topics": topics}
 
 
-@writes_folder("analyze norms", result_folders=("runs",))
+class NormsSettings(Settings):
+    runs: list[str] = Field(description="run.json files, run folders or sweep folders (with runs/*/run.json).",
+                            json_schema_extra={"argument": True, "path": "any", "results": True})
+
+
+class Norms(Experiment):
+    """Forget-representation norm against the step, coefficient as a line, from run.json files or run/sweep folders."""
+
+    kind = "norms"
+    title = "Norm convergence"
+    command = "analyze norms"
+    settings = NormsSettings
+
+    def compute(self, settings: NormsSettings, progress: bool = True) -> dict:
+        return {"runs": [run_series(path) for path in find_run_files(settings.runs)]}
+
+    def figures(self, data: dict) -> dict:
+        from rmu import plots
+
+        return {"norms.png": plots.plot_norms(data)}
+
+    def tables(self, data: dict) -> list[Table]:
+        header = ["run", "topic", "frozen norm", "final norm", "coefficient", "final |norm-c|/c", "final forget loss"]
+        rows = [[run["label"], topic, s["frozen_forget_norm"][0], s["forget_norm"][-1], s["coeff"][-1],
+                 f"{100 * s['final_gap']:.1f}%", s["forget_loss"][-1]]
+                for run in data["runs"] for topic, s in run["topics"].items()]
+        return [Table(header, rows)]
+
+    def summary(self, data: dict) -> list[str]:
+        return [f"{run['label']} [{topic}]: norm {series['forget_norm'][0]:.4g} -> {series['forget_norm'][-1]:.4g}"
+                f", coefficient {series['coeff'][-1]:.4g} (final gap {100 * series['final_gap']:.1f}%)"
+                for run in data["runs"] for topic, series in run["topics"].items()]
+
+
 def analyze_norms(runs: Sequence[str | Path], output: str | Path | None = None, plot: bool = True) -> dict:
     """Collect the norm series of the given runs; write norms.json and norms.png to ``output``."""
-    data = {"kind": "norms", "settings": {"runs": [str(r) for r in runs]},
-            "runs": [run_series(path) for path in find_run_files(runs)]}
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu import plots
-
-            plots.save_figure(plots.plot_norms(data), output / "norms.png")
-    return data
+    return Norms().run(NormsSettings.parse(runs=[str(r) for r in runs]), output, plot=plot)

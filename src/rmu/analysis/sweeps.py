@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
+from pydantic import Field, field_validator
+
 from rmu.progress import bar as tqdm
 
 from rmu import rules, run_folder
@@ -25,7 +28,8 @@ from rmu.config import ConfigError, UnlearnConfig, make_config
 from rmu.engine import UnlearnError, unlearn
 from rmu.eval import evaluate
 from rmu.eval.tasks import Task, load_task
-from rmu.outputs import writes_folder
+from rmu.experiments.base import Experiment, Settings, Table
+from rmu.experiments.values import FloatList, IntList, NameList, Scoring
 from rmu.structure import check_layer, find_structure, select_parameters
 
 SWEEP_FILE = "sweep.json"
@@ -225,7 +229,294 @@ def _run_point_seeds(sweep: _Sweep, values: dict, key: dict, run_name: str, seed
     return point
 
 
-@writes_folder("sweep layers", inputs=sweep_inputs)
+class SweepSettings(Settings):
+    """What every sweep takes: the options of its runs, the questions that score them, seeds."""
+
+    base: dict = Field(default_factory=dict, description="The options of every unlearning run (UnlearnConfig "
+                       "fields: model, forget, retain, steps, lr, ...); the sweep sets method and layer.",
+                       json_schema_extra={"cli": None})
+    forget_tasks: list[str] = Field(description="Questions measuring the forget topic (repeatable).",
+                                    json_schema_extra={"cli": "--forget-task", "metavar": "NAME_OR_FILE"})
+    retain_tasks: list[str] = Field(description="Questions measuring what must stay (repeatable).",
+                                    json_schema_extra={"cli": "--retain-task", "metavar": "NAME_OR_FILE"})
+    scoring: Scoring = Field("cloze", description="How an answer is scored (the evaluator's scoring).")
+    limit: int | None = Field(None, ge=1, description="Only the first N questions of each task.")
+    eval_batch_size: int = Field(8, ge=1, description="Questions per evaluation batch.")
+    seeds: int = Field(1, ge=1, description="Run every point on this many seeds (--seed, +1, ...): mean +- std in "
+                                            "the table, error bars in the plot.")
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _run_values(cls, value):
+        return _base_values(value)
+
+    def input_paths(self, key: str = "path") -> list:
+        """The values naming input paths (model, corpora, control vectors, task files), for rmu.outputs."""
+        if key != "path":
+            return []
+        return sweep_inputs({"base": self.base, "forget_tasks": self.forget_tasks, "retain_tasks": self.retain_tasks})
+
+
+class LayerSweepSettings(SweepSettings):
+    layers: IntList = Field(description="Steered layers: 3,6,9 or 3-15 or 3-15:3.")
+    methods: NameList = Field(list(METHODS), description="rmu, adaptive or both.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, layers: list[int]) -> list[int]:
+        if not layers:
+            raise ValueError("give at least one layer")
+        if any(layer < 0 for layer in layers):
+            raise ValueError(f"layers must be 0 or more, got {layers}")
+        return sorted(set(layers))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
+        return list(dict.fromkeys(methods))
+
+
+class CoeffSweepSettings(SweepSettings):
+    values: FloatList = Field(description="Coefficients: c for rmu, beta for adaptive (1,2,5,10).")
+    method: Literal[METHODS] = Field("rmu", description="The method whose coefficient is swept.")
+    layer: int | None = Field(None, description="Steered layer (default: the config's, else 7).")
+    cosine_batches: int = Field(4, ge=1, description="Forget batches per topic on which cos(h_l, u) is measured.")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("give at least one coefficient value")
+        if any(v <= 0 for v in values):
+            raise ValueError(f"coefficients must be positive, got {sorted(values)}")
+        return sorted(set(values))
+
+
+def _task_names(tasks: Sequence) -> list[str]:
+    return [t.name if isinstance(t, Task) else str(t) for t in tasks or ()]
+
+
+@dataclass
+class _Point:
+    """One point of a sweep: its key in sweep.json, the options of its run, the name of its run folder."""
+
+    key: dict
+    values: dict
+    run_name: str
+
+
+@dataclass
+class _Plan:
+    """What a sweep runs: the settings it saves, its grid (which may grow on resume), its points."""
+
+    saved: dict
+    grid: dict
+    points: list[_Point]
+    description: str
+
+
+class _SweepExperiment(Experiment):
+    """A sweep: its points run on one loaded model, sweep.json saved after each (a rerun resumes)."""
+
+    @classmethod
+    def result_file(cls) -> str:
+        return SWEEP_FILE
+
+    @property
+    def figure(self) -> str:
+        return f"{self.kind}.png"
+
+    def run(self, settings: SweepSettings | dict, output: str | Path | None = None, *, plot: bool = True,
+            progress: bool = True, overwrite: bool = False, inputs: dict | None = None,
+            read_folders: tuple[Path, ...] = ()) -> dict:
+        """Claim ``output``, run the points not yet in its sweep.json (saving after each), then draw and tabulate.
+
+        ``overwrite``: start over instead of resuming. ``inputs``: a loaded ``model`` and
+        ``tokenizer`` to sweep (else ``base['model']`` is loaded once), ``forget_tasks`` and
+        ``retain_tasks`` as Task objects.
+        """
+        from rmu.outputs import claim_folder, input_paths
+
+        if output is None:
+            raise AnalysisError(f"{self.command} saves after each point: give an output folder")
+        if isinstance(settings, dict):
+            settings = self.settings.parse(**settings)
+        with claim_folder(output, self.command, input_paths(*settings.input_paths()), overwrite=overwrite) as folder:
+            inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+            data = self._sweep(settings, folder, overwrite, progress, **inputs)
+            self.save(data, folder, plot=plot)
+            (folder / "table.md").write_text(markdown_table(*self.rows(data)) + "\n", encoding="utf-8")
+        return data
+
+    def _sweep(self, settings: SweepSettings, output: Path, overwrite: bool, progress: bool, model=None,
+               tokenizer=None, forget_tasks=None, retain_tasks=None) -> dict:
+        values = dict(settings.base)
+        plan = self.plan(settings, values)
+        plan.saved.update(_seeds_setting(settings.seeds))
+        sweep = _Sweep(self.kind, output, plan.saved, plan.grid, forget_tasks or settings.forget_tasks,
+                       retain_tasks or settings.retain_tasks, settings.scoring, settings.limit,
+                       settings.eval_batch_size, model, tokenizer, overwrite, progress)
+        todo = [point for point in plan.points if not sweep.done(point.key)]
+        if todo or sweep.data["baseline"] is None:
+            if not values.get("model"):
+                raise AnalysisError("the base configuration names no model (--model or 'model:' in --config)")
+            sweep.ensure_model(values["model"], values.get("dtype", "float32"), values.get("device", "auto"),
+                               values.get("trust_remote_code", False))
+            self.check_model(sweep, settings)
+        if sweep.data["baseline"] is None:
+            sweep.data["baseline"] = self.baseline(sweep, settings, values)
+            sweep.save()
+        extra = self.measure(sweep, settings)
+        bar = tqdm(todo, desc=plan.description, disable=not progress, unit="run")
+        for point in bar:
+            bar.set_postfix(point.key)
+            sweep.data["points"].append(_run_point_seeds(sweep, point.values, point.key, point.run_name,
+                                                         settings.seeds, extra))
+            sweep.save()
+        bar.close()
+        return sweep.data
+
+    # -- what each sweep defines --------------------------------------------------------------------
+
+    def plan(self, settings, values: dict) -> _Plan:
+        """The settings saved in sweep.json, the grid and the points (the settings checked the grid)."""
+        raise NotImplementedError
+
+    def check_model(self, sweep: "_Sweep", settings) -> None:
+        """Refuse a grid the loaded model cannot run (before any point)."""
+
+    def baseline(self, sweep: "_Sweep", settings, values: dict) -> dict:
+        """The base model's numbers (the model is loaded)."""
+        return sweep.evaluate()
+
+    def measure(self, sweep: "_Sweep", settings):
+        """What a point measures besides the evaluation: None, or ``f(config, result) -> dict``."""
+        return None
+
+    def rows(self, data: dict) -> tuple[list[str], list[list]]:
+        """The table's header and rows, built from sweep.json's data."""
+        raise NotImplementedError
+
+    # -- how a person looks at it -------------------------------------------------------------------
+
+    def figures(self, data: dict) -> dict:
+        from rmu import plots
+
+        draw = plots.plot_layer_sweep if data["kind"] == "layers" else plots.plot_coeff_sweep
+        return {self.figure: draw(data)}
+
+    def tables(self, data: dict) -> list[Table]:
+        return [Table(*self.rows(data))]
+
+    def notes(self, data: dict) -> list[str]:
+        return [f"{p.get('method', '')} {p.get('layer', p.get('value'))}: {p['error']}"
+                for p in data["points"] if "error" in p]
+
+    def summary(self, data: dict) -> list[str]:
+        return markdown_table(*self.rows(data)).splitlines()
+
+
+class LayerSweep(_SweepExperiment):
+    """RMU and Adaptive RMU at every layer l of a range (updating l-2..l): accuracy against the layer."""
+
+    kind = "layers"
+    title = "Layer sweep"
+    command = "sweep layers"
+    settings = LayerSweepSettings
+
+    def plan(self, settings: LayerSweepSettings, values: dict) -> _Plan:
+        points = [_Point({"method": m, "layer": l}, dict(values, method=m, layer=l, update_layers=None),
+                         f"{m}_layer{l}") for m in settings.methods for l in settings.layers]
+        return _Plan({k: v for k, v in values.items() if k not in _POINT_OPTIONS},
+                     {"layers": settings.layers, "methods": settings.methods}, points, "layer sweep")
+
+    def check_model(self, sweep: "_Sweep", settings: LayerSweepSettings) -> None:
+        check_layer(max(settings.layers), find_structure(sweep.model).num_layers, error=AnalysisError)
+
+    def rows(self, data: dict) -> tuple[list[str], list[list]]:
+        """One row per (method, layer), after the base model's."""
+        base = data.get("baseline") or {}
+        rows = [["base", "-", base.get("forget_accuracy"), base.get("retain_accuracy"), None, None, None]]
+        for p in sorted(data["points"], key=lambda p: (p["method"], p["layer"])):
+            rows.append([p["method"], p["layer"], _spread(p, "forget_accuracy"), _spread(p, "retain_accuracy"),
+                         _coefficient(p), p.get("frozen_forget_norm"),
+                         p.get("final_forget_loss") if "error" not in p else "error: " + p["error"][:60]])
+        return ["method", "layer", "forget acc", "retain acc", "coefficient", "frozen forget norm",
+                "final forget loss"], rows
+
+
+class CoeffSweep(_SweepExperiment):
+    """A grid of c or beta: accuracy and cos(forget representation, u) against the coefficient."""
+
+    kind = "coeff"
+    title = "Coefficient sweep"
+    command = "sweep coeff"
+    settings = CoeffSweepSettings
+
+    def plan(self, settings: CoeffSweepSettings, values: dict) -> _Plan:
+        if settings.layer is not None:
+            values.update(layer=settings.layer, update_layers=None)
+        method, coefficient = settings.method, _coefficient_name(settings.method)
+        saved = {k: v for k, v in values.items() if k not in _POINT_OPTIONS and k != coefficient}
+        saved.update(method=method, layer=values.get("layer", 7), coefficient=coefficient,
+                     update_layers=values.get("update_layers"), cosine_batches=settings.cosine_batches)
+        points = [_Point({"value": v}, dict(values, method=method, **{coefficient: v}), f"{method}_{coefficient}{v:g}")
+                  for v in settings.values]
+        return _Plan(saved, {"values": settings.values}, points, f"{coefficient} sweep")
+
+    def baseline(self, sweep: "_Sweep", settings: CoeffSweepSettings, values: dict) -> dict:
+        coefficient = _coefficient_name(settings.method)
+        try:
+            config = make_config(dict(values, **{coefficient: min(settings.values)}, method=settings.method))
+        except ConfigError as error:
+            raise AnalysisError(str(error)) from None
+        structure = find_structure(sweep.model)
+        check_layer(config.layer, structure.num_layers, error=AnalysisError)
+        return {**sweep.evaluate(), **_cosine(sweep, config, _vectors(config, structure.hidden_size),
+                                             settings.cosine_batches)}
+
+    def measure(self, sweep: "_Sweep", settings: CoeffSweepSettings):
+        return lambda config, result: _cosine(sweep, config, result.control_vectors, settings.cosine_batches)
+
+    def rows(self, data: dict) -> tuple[list[str], list[list]]:
+        """One row per coefficient value, after the base model's."""
+        base = data.get("baseline") or {}
+        name = "c" if data["settings"]["coefficient"] == "steering_coeff" else "beta"
+        rows = [["base", base.get("forget_accuracy"), base.get("retain_accuracy"), base.get("cosine"), None, None]]
+        for p in sorted(data["points"], key=lambda p: p["value"]):
+            rows.append([p["value"], _spread(p, "forget_accuracy"), _spread(p, "retain_accuracy"),
+                         _spread(p, "cosine"), _coefficient(p), p.get("final_forget_norm")])
+        return [name, "forget acc", "retain acc", "cos(h, u)", "effective c", "final forget norm"], rows
+
+
+def _coefficient_name(method: str) -> str:
+    return "steering_coeff" if method == "rmu" else "beta"
+
+
+def _cosine(sweep: "_Sweep", config: UnlearnConfig, vectors: dict[str, torch.Tensor], cosine_batches: int) -> dict:
+    """Mean cos(h_l, u) over the real tokens of each topic's first ``cosine_batches`` forget batches."""
+    total, count, per_topic = 0.0, 0, {}
+    for topic in config.topics:
+        batches = forget_batches(sweep.tokenizer, config.forget[topic], config.batch_size,
+                                 config.max_len[config.topics.index(topic)], cosine_batches, config.min_len)
+        topic_total, topic_count = 0.0, 0
+        for batch in batches:
+            hidden = layer_output(sweep.model, config.layer, batch)
+            s, n = mean_cosine(hidden, vectors[topic], batch.attention_mask)
+            topic_total, topic_count = topic_total + s, topic_count + n
+        per_topic[topic] = topic_total / topic_count
+        total, count = total + topic_total, count + topic_count
+    return {"cosine": total / count, "cosine_per_topic": per_topic, "cosine_tokens": count}
+
+
+def _common_settings(base, forget_tasks, retain_tasks, scoring, limit, eval_batch_size, seeds) -> dict:
+    return dict(base=base, forget_tasks=_task_names(forget_tasks), retain_tasks=_task_names(retain_tasks),
+                scoring=scoring, limit=limit, eval_batch_size=eval_batch_size, seeds=seeds)
+
+
 def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str | Path, *,
                  forget_tasks: Sequence, retain_tasks: Sequence, methods: Sequence[str] = METHODS,
                  scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
@@ -238,48 +529,13 @@ def sweep_layers(base: dict | UnlearnConfig, layers: Iterable[int], output: str 
     ``model``/``tokenizer``: a loaded full model to use (else ``base['model']`` is loaded once).
     Returns the sweep's data (also in ``<output>/sweep.json``, with ``layers.png`` and ``table.md``).
     """
-    values = _base_values(base)
-    layers = sorted(set(int(layer) for layer in layers))
-    methods = list(dict.fromkeys(methods))
-    if not layers:
-        raise AnalysisError("give at least one layer")
-    if any(layer < 0 for layer in layers):
-        raise AnalysisError(f"layers must be 0 or more, got {layers}")
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise AnalysisError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
-    settings = {k: v for k, v in values.items() if k not in _POINT_OPTIONS}
-    settings.update(_seeds_setting(seeds))
-    sweep = _Sweep("layers", output, settings, {"layers": layers, "methods": methods}, forget_tasks, retain_tasks, scoring, limit, eval_batch_size,
-                   model, tokenizer, overwrite, progress)
-    todo = [(m, l) for m in methods for l in layers if not sweep.done({"method": m, "layer": l})]
-    if todo or sweep.data["baseline"] is None:
-        _check_model_source(values)
-        sweep.ensure_model(values["model"], values.get("dtype", "float32"), values.get("device", "auto"),
-                           values.get("trust_remote_code", False))
-        depth = find_structure(sweep.model).num_layers
-        check_layer(layers[-1], depth, error=AnalysisError)
-    if sweep.data["baseline"] is None:
-        sweep.data["baseline"] = sweep.evaluate()
-        sweep.save()
-    bar = tqdm(todo, desc="layer sweep", disable=not progress, unit="run")
-    for method, layer in bar:
-        bar.set_postfix(method=method, layer=layer)
-        point_values = dict(values, method=method, layer=layer, update_layers=None)
-        point = _run_point_seeds(sweep, point_values, {"method": method, "layer": layer}, f"{method}_layer{layer}",
-                                 seeds)
-        sweep.data["points"].append(point)
-        sweep.save()
-    bar.close()
-    if plot:
-        from rmu import plots
-
-        plots.save_figure(plots.plot_layer_sweep(sweep.data), sweep.output / "layers.png")
-    (sweep.output / "table.md").write_text(layer_table(sweep.data) + "\n", encoding="utf-8")
-    return sweep.data
+    settings = LayerSweepSettings.parse(layers=list(layers), methods=list(methods), **_common_settings(
+        base, forget_tasks, retain_tasks, scoring, limit, eval_batch_size, seeds))
+    return LayerSweep().run(settings, output, plot=plot, progress=progress, overwrite=overwrite,
+                            inputs=dict(model=model, tokenizer=tokenizer, forget_tasks=forget_tasks,
+                                        retain_tasks=retain_tasks))
 
 
-@writes_folder("sweep coeff", inputs=sweep_inputs)
 def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str | Path, *,
                 forget_tasks: Sequence, retain_tasks: Sequence, method: str = "rmu", layer: int | None = None,
                 scoring: str = "cloze", limit: int | None = None, eval_batch_size: int = 8,
@@ -292,77 +548,16 @@ def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str
     ``cosine_batches`` forget batches of each topic (tokenised as the run tokenises them).
     The base model's cosine with the same u is in ``baseline['cosine']``.
     """
-    options = _base_values(base)
-    grid = sorted(set(float(v) for v in values))
-    if method not in METHODS:
-        raise AnalysisError(f"unknown method {method!r}; use {', '.join(METHODS)}")
-    if not grid:
-        raise AnalysisError("give at least one coefficient value")
-    if any(v <= 0 for v in grid):
-        raise AnalysisError(f"coefficients must be positive, got {grid}")
-    if cosine_batches < 1:
-        raise AnalysisError("cosine_batches must be at least 1")
-    if layer is not None:
-        options["layer"] = int(layer)
-        options["update_layers"] = None
-    coefficient = "steering_coeff" if method == "rmu" else "beta"
-    settings = {k: v for k, v in options.items() if k not in _POINT_OPTIONS and k != coefficient}
-    settings.update(method=method, layer=options.get("layer", 7), coefficient=coefficient,
-                    update_layers=options.get("update_layers"), cosine_batches=cosine_batches)
-    settings.update(_seeds_setting(seeds))
-    sweep = _Sweep("coeff", output, settings, {"values": grid}, forget_tasks, retain_tasks, scoring, limit, eval_batch_size,
-                   model, tokenizer, overwrite, progress)
-    todo = [v for v in grid if not sweep.done({"value": v})]
-
-    def cosine(config: UnlearnConfig, vectors: dict[str, torch.Tensor]) -> dict:
-        total, count, per_topic = 0.0, 0, {}
-        for topic in config.topics:
-            batches = forget_batches(sweep.tokenizer, config.forget[topic], config.batch_size,
-                                     config.max_len[config.topics.index(topic)], cosine_batches, config.min_len)
-            topic_total, topic_count = 0.0, 0
-            for batch in batches:
-                hidden = layer_output(sweep.model, config.layer, batch)
-                s, n = mean_cosine(hidden, vectors[topic], batch.attention_mask)
-                topic_total, topic_count = topic_total + s, topic_count + n
-            per_topic[topic] = topic_total / topic_count
-            total, count = total + topic_total, count + topic_count
-        return {"cosine": total / count, "cosine_per_topic": per_topic, "cosine_tokens": count}
-
-    if todo or sweep.data["baseline"] is None:
-        _check_model_source(options)
-        sweep.ensure_model(options["model"], options.get("dtype", "float32"), options.get("device", "auto"),
-                           options.get("trust_remote_code", False))
-    if sweep.data["baseline"] is None:
-        try:
-            config = make_config(dict(options, **{coefficient: grid[0]}, method=method))
-        except ConfigError as error:
-            raise AnalysisError(str(error)) from None
-        structure = find_structure(sweep.model)
-        check_layer(config.layer, structure.num_layers, error=AnalysisError)
-        vectors = _vectors(config, structure.hidden_size)
-        sweep.data["baseline"] = {**sweep.evaluate(), **cosine(config, vectors)}
-        sweep.save()
-    bar = tqdm(todo, desc=f"{coefficient} sweep", disable=not progress, unit="run")
-    for value in bar:
-        bar.set_postfix({coefficient: value})
-        point_values = dict(options, method=method, **{coefficient: value})
-        point = _run_point_seeds(sweep, point_values, {"value": value}, f"{method}_{coefficient}{value:g}", seeds,
-                                 extra=lambda config, result: cosine(config, result.control_vectors))
-        sweep.data["points"].append(point)
-        sweep.save()
-    bar.close()
-    if plot:
-        from rmu import plots
-
-        plots.save_figure(plots.plot_coeff_sweep(sweep.data), sweep.output / "coeff.png")
-    (sweep.output / "table.md").write_text(coeff_table(sweep.data) + "\n", encoding="utf-8")
-    return sweep.data
+    settings = CoeffSweepSettings.parse(values=list(values), method=method, layer=layer, cosine_batches=cosine_batches,
+                                        **_common_settings(base, forget_tasks, retain_tasks, scoring, limit,
+                                                           eval_batch_size, seeds))
+    return CoeffSweep().run(settings, output, plot=plot, progress=progress, overwrite=overwrite,
+                            inputs=dict(model=model, tokenizer=tokenizer, forget_tasks=forget_tasks,
+                                        retain_tasks=retain_tasks))
 
 
 def _seeds_setting(seeds: int) -> dict:
     """``{"seeds": K}`` for K > 1 (one seed leaves the settings as they always were, for old sweeps)."""
-    if not isinstance(seeds, int) or seeds < 1:
-        raise AnalysisError(f"seeds must be a whole number of at least 1, got {seeds!r}")
     return {"seeds": seeds} if seeds > 1 else {}
 
 
@@ -371,11 +566,6 @@ def _vectors(config: UnlearnConfig, hidden_size: int) -> dict[str, torch.Tensor]
     if config.control_vectors:
         return rules.load_control_vectors(config.control_vectors, config.topics, hidden_size)
     return rules.random_control_vectors(config.topics, hidden_size, config.seed)
-
-
-def _check_model_source(values: dict) -> None:
-    if not values.get("model"):
-        raise AnalysisError("the base configuration names no model (--model or 'model:' in --config)")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -394,6 +584,11 @@ def _spread(point: dict, name: str):
     return f"{value:.3f} +- {std:.3f}"
 
 
+def _coefficient(point: dict):
+    """The first topic's coefficient the run used (c, or Adaptive RMU's beta x norm)."""
+    return next(iter((point.get("coefficients") or {}).values()), None)
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -402,23 +597,9 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def layer_table(data: dict) -> str:
     """Markdown: one row per (method, layer), plus the base model."""
-    base = data.get("baseline") or {}
-    rows = [["base", "-", base.get("forget_accuracy"), base.get("retain_accuracy"), None, None, None]]
-    for p in sorted(data["points"], key=lambda p: (p["method"], p["layer"])):
-        coefficient = next(iter((p.get("coefficients") or {}).values()), None)
-        rows.append([p["method"], p["layer"], _spread(p, "forget_accuracy"), _spread(p, "retain_accuracy"),
-                     coefficient, p.get("frozen_forget_norm"), p.get("final_forget_loss") if "error" not in p
-                     else "error: " + p["error"][:60]])
-    return markdown_table(["method", "layer", "forget acc", "retain acc", "coefficient", "frozen forget norm",
-                           "final forget loss"], rows)
+    return markdown_table(*LayerSweep().rows(data))
 
 
 def coeff_table(data: dict) -> str:
-    base = data.get("baseline") or {}
-    name = "c" if data["settings"]["coefficient"] == "steering_coeff" else "beta"
-    rows = [["base", base.get("forget_accuracy"), base.get("retain_accuracy"), base.get("cosine"), None, None]]
-    for p in sorted(data["points"], key=lambda p: p["value"]):
-        coefficient = next(iter((p.get("coefficients") or {}).values()), None)
-        rows.append([p["value"], _spread(p, "forget_accuracy"), _spread(p, "retain_accuracy"), _spread(p, "cosine"),
-                     coefficient, p.get("final_forget_norm")])
-    return markdown_table([name, "forget acc", "retain acc", "cos(h, u)", "effective c", "final forget norm"], rows)
+    """Markdown: one row per coefficient value, plus the base model."""
+    return markdown_table(*CoeffSweep().rows(data))

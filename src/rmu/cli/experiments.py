@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import annotated_types
 import click
+from pydantic.functional_validators import BeforeValidator
 from pydantic.fields import FieldInfo
 
 from rmu.experiments.base import Experiment, Settings
@@ -74,6 +75,16 @@ def option_for(name: str, info: FieldInfo) -> Any | None:
     common = dict(help=info.description, show_default=not required and default not in (None, (), [], {}))
     if annotation is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=default, **common)
+    if extra.get("argument"):
+        # Positional values (``rmu analyze norms RUN...``); a list field.
+        kind = _click_type(typing.get_args(annotation)[0], info, extra)
+        return click.argument(name, nargs=-1, required=required, type=kind)
+    if origin in (list, tuple) and _parses_text(info):
+        # One text that the field's validator parses (``--layers 3-15:3``, ``--values 1,2,5``).
+        text = ",".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
+        return click.option(flag, name, type=click.STRING, required=required and not optional, default=text,
+                            metavar=extra.get("metavar"), help=info.description,
+                            show_default=text not in (None, ""))
     if origin in (list, tuple, dict):
         # A repeatable option; a dict field takes NAME=VALUE items that its validator parses (and checks).
         kind = click.STRING if origin is dict else _click_type(typing.get_args(annotation)[0], info, extra)
@@ -82,6 +93,10 @@ def option_for(name: str, info: FieldInfo) -> Any | None:
                             help=info.description)
     return click.option(flag, name, type=_click_type(annotation, info, extra), required=required and not optional,
                         default=default, metavar=extra.get("metavar"), **common)
+
+
+def _parses_text(info: FieldInfo) -> bool:
+    return any(isinstance(item, BeforeValidator) for item in info.metadata)
 
 
 def settings_options(settings: type[Settings]):

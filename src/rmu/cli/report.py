@@ -1,4 +1,4 @@
-"""``rmu report``: one self-contained HTML page and a Markdown page for run/sweep/analysis folders."""
+"""``rmu report``: one self-contained HTML page and a Markdown page for any folders rmu wrote."""
 
 from __future__ import annotations
 
@@ -11,12 +11,7 @@ import click
 @click.option("--title", default="rmu report", show_default=True)
 def command(folders, output, title):
     """Configuration, tables and all figures of the given folders in report.html (+ report.md)."""
-    from rmu.analysis import AnalysisError
-    from rmu.outputs import OutputError
     from rmu.report import build_report
 
-    try:
-        paths = build_report(list(folders), output, title)
-    except (AnalysisError, OutputError) as error:
-        raise click.ClickException(str(error)) from None
+    paths = build_report(list(folders), output, title)  # rmu's errors are printed by the rmu group (rmu.cli)
     click.echo(f"report written to {paths['html']} and {paths['markdown']}")

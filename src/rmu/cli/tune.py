@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import click
 
+from rmu.cli.options import MANY_RUNS, run_options
 from rmu.cli.sweep import SCORINGS, collect_base, parse_int_range
+
+# The run options a study fixes for every trial (it draws method, layer, steps, lr, alpha, c or beta, noise).
+_FIXED = ("batch_size", "max_len", "retain_max_len", "min_len", "seed", "mask_padding", "mask_first_token", "dtype",
+          "device")
+_AS_A_STUDY = {
+    **MANY_RUNS,
+    "config_file": dict(help="YAML file of unlearning options (as for rmu unlearn): the fixed part of every trial."),
+    "steps": dict(help="Longest run (trials draw steps from a quarter of it up to it)."),
+    "layer": dict(help="The rule's layer, where the study starts (default 7)."),
+    "method": dict(help="The rule's method, where the study starts."),
+}
 
 
 @click.command("tune")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="YAML file of unlearning options (as for rmu unlearn): the fixed part of every trial.")
-@click.option("--model", help="Local checkpoint folder (loaded once, whole).")
-@click.option("--forget", multiple=True, metavar="NAME=FILE", help="Forget corpus of a topic (repeat per topic).")
-@click.option("--retain", multiple=True, metavar="FILE", help="Retain corpus.")
+@run_options("config_file", "model", "forget", "retain", changes=_AS_A_STUDY)
 @click.option("--forget-questions", "forget_tasks", multiple=True, required=True, metavar="FILE_OR_NAME",
               help="Questions the unlearned model should fail (repeatable).")
 @click.option("--retain-questions", "retain_tasks", multiple=True, required=True, metavar="FILE_OR_NAME",
@@ -36,18 +44,7 @@ from rmu.cli.sweep import SCORINGS, collect_base, parse_int_range
 @click.option("--layers", "layers_text", help="Candidate steered layers (3,6,9 or 3-9); default l-2, l, l+2.")
 @click.option("--methods", default="rmu,adaptive", show_default=True, help="rmu, adaptive or both.")
 @click.option("--no-pruning", is_flag=True, help="Run every trial to the end.")
-@click.option("--steps", type=int, help="Longest run (trials draw steps from a quarter of it up to it).")
-@click.option("--layer", type=int, help="The rule's layer, where the study starts (default 7).")
-@click.option("--method", type=click.Choice(["rmu", "adaptive"]), help="The rule's method, where the study starts.")
-@click.option("--batch-size", type=int)
-@click.option("--max-len", help="Forget truncation in tokens.")
-@click.option("--retain-max-len", type=int)
-@click.option("--min-len", type=int)
-@click.option("--seed", type=int)
-@click.option("--mask-padding/--no-mask-padding", default=None)
-@click.option("--mask-first-token/--no-mask-first-token", default=None)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
-@click.option("--device")
+@run_options("steps", "layer", "method", *_FIXED, changes=_AS_A_STUDY)
 @click.option("--scoring", type=click.Choice(SCORINGS), default="cloze", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions of each file.")
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -58,7 +55,7 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
             max_perplexity_rise, storage, study_name, seeds, holdout, layers_text, methods, no_pruning, scoring, limit,
             eval_batch_size, output, quiet, layer, method, **flags):
     """Search unlearning settings that forget the topic and keep the rest (Optuna, resumable)."""
-    from rmu.tune import TuneSettings, tune
+    from rmu.tune import TuneSettings, TuneStudy, tune
 
     # rmu's own errors (a bad option, a folder it must not write, ...) are printed in one line by
     # the command group (rmu.cli), with the traceback under --debug.
@@ -72,27 +69,6 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
         prune=not no_pruning)
     summary = tune(base, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, general_text=general_text,
                    settings=settings, progress=not quiet)
-    click.echo(summary_text(summary))
+    for line in TuneStudy().summary(summary):
+        click.echo(line)
     click.echo(f"trials.json, best.yaml, pareto.png and summary.json written to {output}")
-
-
-def summary_text(summary: dict) -> str:
-    base = summary["baseline"]
-    lines = [f"base: forget {base['forget_accuracy']:.3f}, retain {base['retain_accuracy']:.3f} "
-             f"(chance {summary['chance']:.3f}); trials: " +
-             ", ".join(f"{n} {state.lower()}" for state, n in summary["trials"].items() if n)]
-    best = summary.get("best")
-    if best is None:
-        return "\n".join(lines + ["no trial finished"])
-    scores = best["scores"]
-    verdict = "best" if summary["feasible"] else "no trial met the constraint; least violating"
-    lines.append(f"{verdict}: trial {best['number']} {best['settings']}: forget {scores['forget_accuracy']:.3f}, "
-                 f"retain {scores['retain_accuracy']:.3f}")
-    seeds = summary.get("seeds") or {}
-    for label, block in (("rerun", seeds), ("held-out questions", seeds.get("holdout") or {})):
-        if "forget_accuracy" in block:
-            runs = len(seeds["runs"])
-            lines.append(f"{label} on {runs} seed(s): forget {block['forget_accuracy']['mean']:.3f} "
-                         f"+- {block['forget_accuracy']['std']:.3f}, retain {block['retain_accuracy']['mean']:.3f} "
-                         f"+- {block['retain_accuracy']['std']:.3f}")
-    return "\n".join(lines)

@@ -62,12 +62,15 @@ class Settings(BaseModel):
         """The settings as saved in the result (JSON types)."""
         return self.model_dump(mode="json")
 
-    def input_paths(self) -> list[Path]:
-        """Every path-valued setting marked as an input (``{"path": ...}``), for the output checks."""
+    def input_paths(self, key: str = "path") -> list[Path]:
+        """Every path-valued setting marked as an input (``{"path": ...}``), for the output checks.
+
+        ``key="results"``: only those marked as folders of results (``{"results": True}``).
+        """
         paths: list[Path] = []
         for name, info in type(self).model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if "path" not in extra:
+            if key not in extra:
                 continue
             value = getattr(self, name)
             values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
@@ -222,7 +225,8 @@ class Experiment:
         if output is None:
             return self._compute(settings, progress, inputs or {})
         with claim_folder(output, self.command, input_paths(*settings.input_paths()),
-                          may_lie_inside=input_paths(*read_folders), overwrite=overwrite):
+                          may_lie_inside=input_paths(*read_folders, *settings.input_paths("results")),
+                          overwrite=overwrite):
             data = self._compute(settings, progress, inputs or {})
             self.save(data, output, plot=plot)
         return data

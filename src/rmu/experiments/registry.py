@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rmu.analysis.confidence import Confidence
+from rmu.analysis.noise import Noise
+from rmu.analysis.norms import Norms
+from rmu.analysis.sweeps import CoeffSweep, LayerSweep
 from rmu.analysis.token_norms import TokenNorms
 from rmu.experiments.base import Experiment, ExperimentError, read_json
 from rmu.experiments.unlearn_run import UnlearnRun
+from rmu.tune import TuneStudy
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     UnlearnRun(),
     TokenNorms(),
+    Confidence(),
+    Norms(),
+    Noise(),
+    LayerSweep(),
+    CoeffSweep(),
+    TuneStudy(),
 )
 
 BY_KIND = {experiment.kind: experiment for experiment in EXPERIMENTS}
