@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from rmu.analysis.token_norms import TokenNorms
+from rmu.attacks import ATTACKS
 from rmu.experiments.base import Experiment, ExperimentError, read_json
 from rmu.experiments.unlearn_run import UnlearnRun
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     UnlearnRun(),
     TokenNorms(),
+    *ATTACKS,
 )
 
 BY_KIND = {experiment.kind: experiment for experiment in EXPERIMENTS}
