@@ -175,6 +175,21 @@ def _layer_from_run(models: dict[str, str]) -> int:
     raise ValueError("give --layer (no run.json in the model folders to read it from)")
 
 
+def ablated(model, tokenizer, directions: dict, layers: list[int], scores, base_pair=None) -> dict:
+    """``scores`` of the model as it is and with each direction projected out of ``layers`` (and of the base model)."""
+    entry = {"none": scores(model, tokenizer), "directions": {}}
+    for kind, direction in directions.items():
+        with projection_hook(model, layers, direction):
+            record = {**scores(model, tokenizer), "norm": float(direction.norm())}
+        if "u" in directions and kind == "diff":
+            record["cosine_with_u"] = float(torch.nn.functional.cosine_similarity(direction, directions["u"], dim=0))
+        if base_pair is not None:  # the same projection on the base model: what it costs there
+            with projection_hook(base_pair[0], layers, direction):
+                record["base_model"] = scores(*base_pair)
+        entry["directions"][kind] = record
+    return entry
+
+
 class Ablate(Attack):
     """Project the steering direction (mean activation difference, or u) out of layer l; recovered accuracy."""
 
@@ -207,19 +222,7 @@ class Ablate(Attack):
                 directions["diff"] = estimate_direction(base_pair[0], model, settings.layer, batches)
             if name in vectors:
                 directions["u"] = load_direction(vectors[name], settings.topic)
-            entry = {"none": scores(model, tokenizer), "directions": {}}
-            for kind, direction in directions.items():
-                with projection_hook(model, settings.project_layers, direction):
-                    result = scores(model, tokenizer)
-                record = {**result, "norm": float(direction.norm())}
-                if "u" in directions and kind == "diff":
-                    u = directions["u"]
-                    record["cosine_with_u"] = float(torch.nn.functional.cosine_similarity(direction, u, dim=0))
-                if base_pair is not None:  # the same projection on the base model: what it costs there
-                    with projection_hook(base_pair[0], settings.project_layers, direction):
-                        record["base_model"] = scores(*base_pair)
-                entry["directions"][kind] = record
-            data["models"][name] = entry
+            data["models"][name] = ablated(model, tokenizer, directions, settings.project_layers, scores, base_pair)
         return data
 
     def tables(self, data: dict) -> list[Table]:
