@@ -391,21 +391,34 @@ def invoke(args):
     return CliRunner().invoke(command, args, catch_exceptions=False)
 
 
-def test_cli_runs_every_attack(checkpoint, tmp_path):
-    c = checkpoint
+def invoke_rmu(args):
+    """Through the ``rmu`` group, which prints the commands' errors."""
+    from rmu.cli import main
+
+    return CliRunner().invoke(main, ["attack", *args])
+
+
+@pytest.fixture(scope="module")
+def attack_folders(checkpoint, tmp_path_factory):
+    """Every attack run once through the command line with tiny budgets: name -> (result, output folder)."""
+    c, out = checkpoint, tmp_path_factory.mktemp("attacks")
     model, questions = f"tiny={c['model']}", str(c["questions"])
     runs = {
         "gcg": ["--tokens", "3", "--steps", "2", "--candidates", "4", "--top-k", "4", "--limit", "2"],
         "relearn": ["--forget-texts", str(c["corpus"]), "--other-texts", str(c["corpus"]), "--steps", "2",
                     "--eval-every", "1", "--k", "2"],
-        "ablate": ["--base", str(c["model"]), "--forget-texts", str(c["corpus"]), "--layer", "1"],
+        "ablate": ["--base", str(c["model"]), "--forget-texts", str(c["corpus"]), "--layer", "1", "--project-layers",
+                   "0-1"],
         "probe": ["--splits", "2"],
         "keywords": ["--keywords", str(c["keywords"]), "--template", "{keyword} here.", "--template",
                      "About {keyword}:", "--position", "before", "--position", "after", "--base", "tiny"],
     }
-    for name, extra in runs.items():
-        output = tmp_path / name
-        result = invoke([name, "--model", model, "--questions", questions, "--output", str(output), "--quiet", *extra])
+    return {name: (invoke([name, "--model", model, "--questions", questions, "--output", str(out / name), "--quiet",
+                           *extra]), out / name) for name, extra in runs.items()}
+
+
+def test_cli_runs_every_attack(attack_folders):
+    for name, (result, output) in attack_folders.items():
         assert result.exit_code == 0, result.output
         assert (output / f"{name}.json").is_file() and (output / f"{name}.png").is_file()
         assert f"{name}.json and {name}.png written" in result.output
@@ -414,16 +427,79 @@ def test_cli_runs_every_attack(checkpoint, tmp_path):
 def test_cli_errors_are_clear(checkpoint, tmp_path):
     c = checkpoint
     model = f"tiny={c['model']}"
-    result = invoke(["ablate", "--model", model, "--questions", str(c["questions"]), "--output", str(tmp_path)])
+    result = invoke_rmu(["ablate", "--model", model, "--questions", str(c["questions"]), "--output", str(tmp_path)])
     assert result.exit_code != 0 and "--base" in result.output
-    result = invoke(["ablate", "--model", model, "--questions", str(c["questions"]), "--output", str(tmp_path),
-                     "--use-u", "--layer", "1"])
+    result = invoke_rmu(["ablate", "--model", model, "--questions", str(c["questions"]), "--output", str(tmp_path),
+                         "--use-u", "--layer", "1"])
     assert result.exit_code != 0 and "control_vectors.safetensors" in result.output
-    result = invoke(["probe", "--model", model, "--questions", str(tmp_path / "missing.jsonl"), "--output",
-                     str(tmp_path)])
+    result = invoke_rmu(["probe", "--model", model, "--questions", str(tmp_path / "missing.jsonl"), "--output",
+                         str(tmp_path)])
     assert result.exit_code != 0 and "not found" in result.output
-    result = invoke(["keywords", "--model", model, "--questions", str(c["questions"]), "--output", str(tmp_path)])
+    result = invoke_rmu(["keywords", "--model", model, "--questions", str(c["questions"]), "--output", str(tmp_path)])
     assert result.exit_code != 0 and "--keyword" in result.output
-    result = invoke(["gcg", "--model", f"x={tmp_path / 'nope'}", "--questions", str(c["questions"]), "--output",
-                     str(tmp_path)])
+    result = invoke_rmu(["gcg", "--model", f"x={tmp_path / 'nope'}", "--questions", str(c["questions"]),
+                         "--output", str(tmp_path)])
     assert result.exit_code != 0 and "not a checkpoint folder" in result.output
+
+
+def test_report_shows_every_attack_from_its_json(attack_folders, tmp_path):
+    from rmu.report import build_report
+
+    folders = {name: output for name, (_, output) in attack_folders.items()}
+    page = build_report(list(folders.values()), tmp_path / "report")["markdown"].read_text()
+    data = {name: json.loads((folder / f"{name}.json").read_text()) for name, folder in folders.items()}
+    for title, name in [("GCG adversarial suffixes", "gcg"), ("Relearning attack", "relearn"),
+                        ("Direction ablation", "ablate"), ("Linear probes", "probe"),
+                        ("Forget keywords in retain questions", "keywords")]:
+        assert f"## {title}: {name}" in page and f"{name}.png)" in page
+    gcg = data["gcg"]["models"]["tiny"]
+    assert f"| tiny | {gcg['accuracy_before']:.4g} | {gcg['accuracy_after']:.4g} |" in page
+    [first, *_] = data["relearn"]["models"]["tiny"]["unrelated"]["points"]
+    assert f"| tiny | unrelated | 0 | {first['accuracy']:.4g} |" in page
+    ablate = data["ablate"]
+    assert ablate["settings"]["project_layers"] == [0, 1]
+    diff = ablate["models"]["tiny"]["directions"]["diff"]
+    assert f"| base | none | {ablate['base']['forget']:.4g} |" in page
+    assert f"| tiny | diff | {diff['forget']:.4g} | {diff['norm']:.4g} |" in page
+    probe = data["probe"]["models"]["tiny"]
+    assert f"| tiny | 3 | {probe['accuracy'][3]:.4g} |" in page
+    [variant, *_] = data["keywords"]["models"]["tiny"]["variants"]
+    assert f"| tiny | {variant['template']} | before | {variant['retain_with_keyword']:.4g} |" in page
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+
+
+def test_ablate_settings_read_layers_and_fill_in_what_the_run_folder_knows(checkpoint, tmp_path):
+    from rmu.attacks import AblateSettings
+    from rmu.experiments import ExperimentError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {"layer": 2}}))
+    (run / "control_vectors.safetensors").write_text("")
+    settings = AblateSettings.parse(models=[f"rmu={run}"], questions="q.jsonl", use_u=True, project_layers="0,2-3")
+    assert settings.layer == 2 and settings.project_layers == [0, 2, 3]
+    assert settings.control_vectors == {"rmu": str(run / "control_vectors.safetensors")}
+    assert AblateSettings.parse(models=[str(run)], questions="q", use_u=True).project_layers == [2]  # --layer's
+    with pytest.raises(ExperimentError, match="project_layers: .*a range with a step"):
+        AblateSettings.parse(models=[str(run)], questions="q", use_u=True, project_layers="3-1")
+    with pytest.raises(ExperimentError, match=r"give --layer \(no run.json"):
+        AblateSettings.parse(models=[str(checkpoint["model"])], questions="q", base=str(run), forget_texts="f")
+    with pytest.raises(ExperimentError) as error:  # a rule across settings: its message only, not every value
+        AblateSettings.parse(models=[str(run)], questions="q")
+    assert str(error.value) == ("AblateSettings: give the base model (--base) with forget texts (--forget-texts) for "
+                                "the diff direction, and/or control vectors (--use-u) for u")
+
+
+def test_python_api_saves_what_it_was_given(tiny, tmp_path):
+    model, tokenizer = tiny
+    data = relearn_attack({"a": (model, tokenizer)}, tiny_task(4), ["Hydrogen has the symbol H."] * 3, k=2, steps=1,
+                          params="*mlp*", progress=False)
+    assert data["kind"] == "relearn"
+    assert {k: data["settings"][k] for k in ("models", "questions", "forget_texts", "other_texts", "params")} == {
+        "models": {"a": "in memory"}, "questions": "tiny", "forget_texts": "3 texts", "other_texts": None,
+        "params": ["*mlp*"]}
+    assert data["settings"]["documents"] == {"forget": 2} and data["settings"]["count"] == 4
+    result = invoke_rmu(["probe", "--questions", "q.jsonl", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Missing option '--model'" in result.output
+

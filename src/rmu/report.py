@@ -45,7 +45,7 @@ def _markdown(sections: list[Section], title: str, figure_dir: Path, base: Path)
         for table in section.tables:
             out += [f"**{table.title}**", ""] if table.title else []
             out += ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
-            out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in table.rows]
+            out += ["| " + " | ".join(_fmt(c).replace("|", "\\|") for c in row) + " |" for row in table.rows]
             out.append("")
         out += [f"- {note}" for note in section.notes] + ([""] if section.notes else [])
         for figure in section.figures:

@@ -15,21 +15,22 @@ The projection ``h <- h - (h . d) d`` (``d`` unit) is applied to the output of d
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from rmu.progress import bar as tqdm
+from pydantic import Field, model_validator
 
 from rmu.analysis.common import AnalysisError, forget_batches, layer_output
 from rmu.attacks.common import (
-    AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
+    Attack, IN_MEMORY, AttackError, AttackSettings, Scoring, accuracy, load_questions, split_input, split_questions,
+    with_facts,
 )
-from rmu.outputs import writes_folder
-from rmu.run_folder import VECTORS_FILE
+from rmu.experiments.base import IntList, Settings, Table, open_models, split_models
+from rmu.progress import bar as tqdm
+from rmu.run_folder import RUN_FILE, VECTORS_FILE
 from rmu.structure import check_layer, find_structure, layer_hidden, with_layer_hidden
-
-RESULT_FILE = "ablate.json"
 
 
 def project_out(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,152 @@ def load_direction(control_vectors, topic: str | None = None) -> torch.Tensor:
     return control_vectors[topic].float().cpu()
 
 
-@writes_folder("attack ablate", inputs=("models", "questions", "base", "forget_texts", "control_vectors", "retain_questions"))
+class DiffDirection(Settings):
+    """The ``diff`` direction: layer l's mean output on forget texts, unlearned minus base model."""
+
+    base: str | None = Field(None, description="Base model, for the diff direction.",
+                             json_schema_extra={"path": "dir"})
+    forget_texts: str | None = Field(None, description="Forget corpus, for the diff direction.",
+                                     json_schema_extra={"path": "file"})
+    max_batches: int = Field(8, ge=1, description="Corpus batches for diff.", json_schema_extra={"cli": "--batches"})
+    batch_size: int = Field(4, ge=1, description="Texts per corpus batch.")
+    max_len: int = Field(128, ge=1, description="Tokens kept of each text.")
+
+
+class ControlVectorDirection(Settings):
+    """The ``u`` direction: each model's own control vector."""
+
+    use_u: bool = Field(False, description="Also project out u from each model folder's "
+                                           "control_vectors.safetensors.")
+    control_vectors: dict[str, str] | None = Field(
+        None, description="Model name -> its control vectors (a file or folder; filled in by --use-u).",
+        json_schema_extra={"cli": None, "path": "any"})
+    topic: str | None = Field(None, description="Forget topic of u when there are several.")
+
+
+class AblateSettings(ControlVectorDirection, DiffDirection, AttackSettings):
+    retain_questions: str | None = Field(None, description="Retain questions (what the ablation costs).",
+                                         json_schema_extra={"metavar": "NAME_OR_FILE"})
+    layer: int | None = Field(None, ge=0, description="Steered layer (default: from the model's run.json).")
+    project_layers: IntList | None = Field(None, description="Layers whose output is projected, e.g. 3,5-7 "
+                                                             "(default: --layer).",
+                                           json_schema_extra={"text": True, "metavar": "LAYERS"})
+    scoring: Scoring = Field("cloze", description="How the evaluator scores the questions.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "AblateSettings":
+        if self.base is None and not self.use_u and self.control_vectors is None:
+            raise ValueError("give the base model (--base) with forget texts (--forget-texts) for the diff "
+                             "direction, and/or control vectors (--use-u) for u")
+        if self.base is not None and self.forget_texts is None:
+            raise ValueError("the diff direction needs forget texts (--forget-texts) besides the base model (--base)")
+        if self.use_u and self.control_vectors is None:
+            self.control_vectors = _control_vectors(self.models)
+        self.use_u = self.control_vectors is not None
+        if self.layer is None:
+            self.layer = _layer_from_run(self.models)
+        if self.project_layers is None:
+            self.project_layers = [self.layer]
+        return self
+
+    def input_paths(self) -> list[Path]:
+        return [*super().input_paths(), *([Path(self.retain_questions)] if self.retain_questions else [])]
+
+
+def _control_vectors(models: dict[str, str]) -> dict[str, str]:
+    found = {}
+    for name, folder in models.items():
+        path = Path(folder) / VECTORS_FILE
+        if not path.is_file():
+            raise ValueError(f"--use-u: {folder} has no control_vectors.safetensors (is it an rmu unlearn output?)")
+        found[name] = str(path)
+    return found
+
+
+def _layer_from_run(models: dict[str, str]) -> int:
+    for folder in models.values():
+        run = Path(folder) / RUN_FILE
+        if folder != IN_MEMORY and run.is_file():
+            return int(json.loads(run.read_text())["config"]["layer"])
+    raise ValueError("give --layer (no run.json in the model folders to read it from)")
+
+
+def ablated(model, tokenizer, directions: dict, layers: list[int], scores, base_pair=None) -> dict:
+    """``scores`` of the model as it is and with each direction projected out of ``layers`` (and of the base model)."""
+    entry = {"none": scores(model, tokenizer), "directions": {}}
+    for kind, direction in directions.items():
+        with projection_hook(model, layers, direction):
+            record = {**scores(model, tokenizer), "norm": float(direction.norm())}
+        if "u" in directions and kind == "diff":
+            record["cosine_with_u"] = float(torch.nn.functional.cosine_similarity(direction, directions["u"], dim=0))
+        if base_pair is not None:  # the same projection on the base model: what it costs there
+            with projection_hook(base_pair[0], layers, direction):
+                record["base_model"] = scores(*base_pair)
+        entry["directions"][kind] = record
+    return entry
+
+
+class Ablate(Attack):
+    """Project the steering direction (mean activation difference, or u) out of layer l; recovered accuracy."""
+
+    kind = "ablate"
+    title = "Direction ablation"
+    settings = AblateSettings
+
+    def compute(self, settings: AblateSettings, progress: bool = True, models: dict | None = None, questions=None,
+                retain_questions=None, base=None, forget_texts=None, control_vectors: dict | None = None) -> dict:
+        tasks = {"forget": settings.task(questions)}
+        if settings.retain_questions is not None:
+            tasks["retain"] = load_questions(settings.retain_questions if retain_questions is None
+                                             else retain_questions, settings.limit)
+        texts = settings.forget_texts if forget_texts is None else forget_texts
+        vectors = {**(settings.control_vectors or {}), **(control_vectors or {})}
+        data = {"settings": with_facts(settings, count={r: len(t) for r, t in tasks.items()}), "models": {}}
+
+        def scores(model, tokenizer):
+            return {role: accuracy(model, tokenizer, task, settings.scoring) for role, task in tasks.items()}
+
+        base_pair = None
+        if settings.base is not None:
+            _, *base_pair = next(open_models({"base": settings.base}, {"base": base} if base is not None else None))
+            data["base"] = scores(*base_pair)
+        for name, model, tokenizer in tqdm(open_models(settings.models, models), total=len(settings.models),
+                                           desc="ablate", disable=not progress, unit="model"):
+            directions = {}
+            if base_pair is not None:
+                batches = forget_batches(tokenizer, texts, settings.batch_size, settings.max_len, settings.max_batches)
+                directions["diff"] = estimate_direction(base_pair[0], model, settings.layer, batches)
+            if name in vectors:
+                directions["u"] = load_direction(vectors[name], settings.topic)
+            data["models"][name] = ablated(model, tokenizer, directions, settings.project_layers, scores, base_pair)
+        return data
+
+    def tables(self, data: dict) -> list[Table]:
+        roles = list(data["settings"]["count"]) if isinstance(data["settings"].get("count"), dict) else ["forget"]
+        header = ["model", "direction projected out", *roles, "norm", "cosine with u",
+                  *(f"base model {role}" for role in roles)]
+        rows = [["base", "none", *(data["base"].get(r) for r in roles), None, None, *([None] * len(roles))]] \
+            if "base" in data else []
+        for name, entry in data["models"].items():
+            rows.append([name, "none", *(entry["none"].get(r) for r in roles), None, None, *([None] * len(roles))])
+            for kind, record in entry["directions"].items():
+                on_base = record.get("base_model", {})
+                rows.append([name, kind, *(record.get(r) for r in roles), record["norm"], record.get("cosine_with_u"),
+                             *(on_base.get(r) for r in roles)])
+        return [Table(header, rows)]
+
+    def notes(self, data: dict) -> list[str]:
+        return [f"projected out of the output of layer(s) {data['settings']['project_layers']}"]
+
+    def summary(self, data: dict) -> list[str]:
+        lines = [f"base: forget {data['base']['forget']:.3f}"] if "base" in data else []
+        for name, entry in data["models"].items():
+            parts = [f"none {entry['none']['forget']:.3f}"]
+            parts += [f"{k} {v['forget']:.3f}" for k, v in entry["directions"].items()]
+            lines.append(f"{name}: forget accuracy with direction removed: " + ", ".join(parts))
+        return lines
+
+
 def ablate_attack(models: dict, questions, output: str | Path | None = None, *, layer: int, base=None,
                   forget_texts=None, control_vectors: dict | None = None, retain_questions=None,
                   project_layers: Sequence[int] | None = None, topic: str | None = None, batch_size: int = 4,
@@ -115,54 +261,19 @@ def ablate_attack(models: dict, questions, output: str | Path | None = None, *, 
     or pair) for the ``diff`` direction, with ``forget_texts`` (corpus file or texts);
     ``control_vectors``: name -> u source (file, folder, dict, tensor) for the ``u`` direction.
     """
-    check_scoring(scoring)
-    if base is None and control_vectors is None:
-        raise AttackError("give the base model and forget texts (diff direction) and/or control vectors (u)")
-    if base is not None and forget_texts is None:
-        raise AttackError("the diff direction needs forget texts (a corpus file or list) besides the base model")
-    project_layers = [layer] if project_layers is None else list(project_layers)
-    tasks = {"forget": load_questions(questions, limit)}
-    if retain_questions is not None:
-        tasks["retain"] = load_questions(retain_questions, limit)
-    loaded = as_models(models)
-    base_pair = as_models({"base": base})["base"] if base is not None else None
-    data = {"kind": "ablate",
-            "settings": {"layer": layer, "project_layers": project_layers, "scoring": scoring, "batch_size": batch_size,
-                         "max_len": max_len, "max_batches": max_batches, "models": describe_models(models),
-                         "questions": {r: t.name for r, t in tasks.items()},
-                         "count": {r: len(t) for r, t in tasks.items()}},
-            "models": {}}
-
-    def scores(model, tokenizer):
-        return {role: accuracy(model, tokenizer, task, scoring) for role, task in tasks.items()}
-
-    if base_pair is not None:
-        data["base"] = scores(*base_pair)
-    for name, (model, tokenizer) in tqdm(loaded.items(), desc="ablate", disable=not progress, unit="model"):
-        directions = {}
-        if base_pair is not None:
-            batches = forget_batches(tokenizer, forget_texts, batch_size, max_len, max_batches)
-            directions["diff"] = estimate_direction(base_pair[0], model, layer, batches)
-        if control_vectors is not None and name in control_vectors:
-            directions["u"] = load_direction(control_vectors[name], topic)
-        entry = {"none": scores(model, tokenizer), "directions": {}}
-        for kind, direction in directions.items():
-            with projection_hook(model, project_layers, direction):
-                result = scores(model, tokenizer)
-            record = {**result, "norm": float(direction.norm())}
-            if "u" in directions and kind == "diff":
-                u = directions["u"]
-                record["cosine_with_u"] = float(torch.nn.functional.cosine_similarity(direction, u, dim=0))
-            if base_pair is not None:  # the same projection on the base model: what it costs there
-                with projection_hook(base_pair[0], project_layers, direction):
-                    record["base_model"] = scores(*base_pair)
-            entry["directions"][kind] = record
-        data["models"][name] = entry
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu.attacks import plots
-
-            plots.save_figure(plots.plot_ablate(data), output / "ablate.png")
-    return data
+    described, loaded = split_models(models)
+    (question_source, task), (retain_source, retain) = split_questions(questions), (
+        split_questions(retain_questions) if retain_questions is not None else (None, None))
+    base_source = None if base is None else split_models({"base": base})[0]["base"]
+    texts_source, texts = split_input(forget_texts)
+    vectors = None if control_vectors is None else {name: split_input(v) for name, v in control_vectors.items()}
+    settings = AblateSettings.parse(
+        models=described, questions=question_source, retain_questions=retain_source, base=base_source,
+        forget_texts=texts_source, max_batches=max_batches, batch_size=batch_size, max_len=max_len,
+        control_vectors=None if vectors is None else {name: source for name, (source, _) in vectors.items()},
+        topic=topic, layer=layer, project_layers=project_layers, scoring=scoring, limit=limit)
+    in_memory = {name: value for name, (_, value) in (vectors or {}).items() if value is not None}
+    return Ablate().run(settings, output, plot=plot, progress=progress,
+                        inputs={"models": loaded, "questions": task, "retain_questions": retain,
+                                "base": base if isinstance(base, tuple) else None, "forget_texts": texts,
+                                "control_vectors": in_memory})

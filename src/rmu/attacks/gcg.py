@@ -44,15 +44,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from rmu.progress import bar as tqdm
+from pydantic import Field
 
-from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, mean, write_json
-from rmu.eval import SCORINGS, choice_scores, encode_pair, prompt_and_continuations, score_task
+from rmu.attacks.common import Attack, AttackError, AttackSettings, Scoring, mean, split_questions, with_facts
+from rmu.eval import choice_scores, encode_pair, prompt_and_continuations, score_task
 from rmu.eval.tasks import Question, Task
-from rmu.outputs import writes_folder
+from rmu.experiments.base import Table, open_models, split_models
+from rmu.progress import bar as tqdm
 from rmu.runner import eval_mode, trainable_only
 
-RESULT_FILE = "gcg.json"
 _MARK = "\x00SUFFIX\x00"
 
 
@@ -238,7 +238,108 @@ def gcg_question(model, tokenizer, question: Question, *, n_tokens: int = 20, st
     }
 
 
-@writes_folder("attack gcg", inputs=("models", "questions"))
+class GcgSettings(AttackSettings):
+    # the budget, the same for every model
+    n_tokens: int = Field(20, ge=1, description="Suffix length.", json_schema_extra={"cli": "--tokens"})
+    steps: int = Field(50, ge=1, description="GCG steps per question.")
+    candidates: int = Field(128, ge=1, description="Candidate substitutions evaluated per step.")
+    top_k: int = Field(64, ge=1, description="Tokens per position.")
+    batch_size: int = Field(64, ge=1, description="Candidates per forward pass.")
+    seed: int = Field(0, description="Seed of the candidates drawn (question i uses seed + i).")
+    filter_retokenize: bool = Field(True, description="Skip candidates whose text does not re-tokenise into the "
+                                                      "same tokens (so the suffix can be written as text).")
+    scoring: Scoring = Field("letter", description="Prompt and target: the answer letter (letter) or the answer "
+                                                   "text (cloze, completion).")
+
+
+def attack_model(model, tokenizer, task: Task, s: GcgSettings, progress: bool = True, name: str = "") -> dict:
+    """GCG on every question of ``task`` against one model; the accuracies with and without the suffixes."""
+    vocabulary = model.get_input_embeddings().weight.shape[0]
+    allowed = allowed_tokens(tokenizer, vocabulary)
+    records = []
+    bar = tqdm(task.questions, desc=f"GCG ({name})", disable=not progress, unit="question", dynamic_ncols=True)
+    for number, question in enumerate(bar):
+        record = gcg_question(model, tokenizer, question, n_tokens=s.n_tokens, steps=s.steps,
+                              candidates=s.candidates, top_k=s.top_k, batch_size=s.batch_size,
+                              seed=s.seed + number, allowed=allowed, filter_retokenize=s.filter_retokenize,
+                              scoring=s.scoring)
+        records.append({"index": number, **record})
+        bar.set_postfix(loss=f"{record['initial_loss']:.3g}->{record['best_loss']:.3g}")
+    before = score_task(model, tokenizer, task, s.scoring, progress=False)
+    attacked = Task(task.name, [question_with_suffix(q, r["suffix_text"]) for q, r in zip(task.questions, records)])
+    after = score_task(model, tokenizer, attacked, s.scoring, progress=False)
+    # Each question with the *next* question's suffix: a suffix that unlocks hidden knowledge
+    # helps there too; one that merely spells its own answer does not.
+    shifted = [records[(i + 1) % len(records)]["suffix_text"] for i in range(len(records))]
+    transferred = score_task(model, tokenizer, Task(task.name, [
+        question_with_suffix(q, text) for q, text in zip(task.questions, shifted)]), s.scoring, progress=False)
+    for record, plain, suffixed, other in zip(records, before.predictions, after.predictions,
+                                              transferred.predictions):
+        record["correct_before"], record["correct_after"] = plain.correct, suffixed.correct
+        record["correct_with_other_suffix"] = other.correct
+    curves = [r["loss_curve"] for r in records]
+    return {
+        "accuracy_before": before.accuracy,
+        "accuracy_after": after.accuracy,
+        "accuracy_with_other_suffix": transferred.accuracy if len(records) > 1 else None,
+        "token_accuracy_initial_suffix": mean(r["token_correct_initial"] for r in records),
+        "token_accuracy_after": mean(r["token_correct"] for r in records),
+        "mean_initial_loss": mean(r["initial_loss"] for r in records),
+        "mean_best_loss": mean(r["best_loss"] for r in records),
+        "mean_loss_curve": [mean(c[i] for c in curves) for i in range(len(curves[0]))],
+        "questions": records,
+    }
+
+
+class Gcg(Attack):
+    """Greedy Coordinate Gradient suffixes that push each forget question's correct answer; same budget per model."""
+
+    kind = "gcg"
+    title = "GCG adversarial suffixes"
+    settings = GcgSettings
+
+    def compute(self, settings: GcgSettings, progress: bool = True, models: dict | None = None,
+                questions: Task | None = None) -> dict:
+        s, task = settings, settings.task(questions)
+        data = {
+            "settings": with_facts(settings, count=len(task)),
+            "budget": {"steps": s.steps, "candidates_per_step": s.candidates, "gradient_calls_per_question": s.steps,
+                       "forward_candidates_per_question": s.steps * s.candidates,
+                       "total_forward_candidates_per_model": s.steps * s.candidates * len(task)},
+            "models": {},
+        }
+        for name, model, tokenizer in open_models(settings.models, models):
+            data["models"][name] = attack_model(model, tokenizer, task, settings, progress, name)
+        return data
+
+    def tables(self, data: dict) -> list[Table]:
+        models = data["models"]
+        summary = [[name, e["accuracy_before"], e["accuracy_after"], e["accuracy_with_other_suffix"],
+                    e["token_accuracy_initial_suffix"], e["token_accuracy_after"], e["mean_initial_loss"],
+                    e["mean_best_loss"]] for name, e in models.items()]
+        questions = [[name, r["index"], r["initial_loss"], r["best_loss"], repr(r["suffix_text"]), r["correct_before"],
+                      r["correct_after"], r["correct_with_other_suffix"]]
+                     for name, e in models.items() for r in e["questions"]]
+        return [Table(["model", "accuracy", "with its suffix", "with another question's suffix",
+                       "token accuracy, initial suffix", "token accuracy, best suffix", "mean initial loss",
+                       "mean best loss"], summary, "Accuracy"),
+                Table(["model", "question", "initial loss", "best loss", "suffix", "correct", "correct with suffix",
+                       "correct with another's suffix"], questions, "Per question")]
+
+    def notes(self, data: dict) -> list[str]:
+        return self.summary(data)[:1]
+
+    def summary(self, data: dict) -> list[str]:
+        budget, scoring = data["budget"], data["settings"]["scoring"]
+        lines = [f"budget per question: {budget['steps']} steps x {budget['candidates_per_step']} candidates"]
+        for name, entry in data["models"].items():
+            lines.append(f"{name}: loss {entry['mean_initial_loss']:.3f} -> {entry['mean_best_loss']:.3f}, "
+                         f"{scoring} accuracy {entry['accuracy_before']:.3f} -> {entry['accuracy_after']:.3f} with "
+                         "the suffix" + (f", {entry['accuracy_with_other_suffix']:.3f} with another question's suffix"
+                                         if entry["accuracy_with_other_suffix"] is not None else ""))
+        return lines
+
+
 def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_tokens: int = 20,
                steps: int = 50, candidates: int = 128, top_k: int = 64, batch_size: int = 64,
                limit: int | None = None, seed: int = 0, filter_retokenize: bool = True,
@@ -249,64 +350,9 @@ def gcg_attack(models: dict, questions, output: str | Path | None = None, *, n_t
     (name, file or :class:`~rmu.eval.tasks.Task`). ``scoring``: the prompt and target (module docstring).
     Writes ``gcg.json`` and ``gcg.png`` to ``output``.
     """
-    if scoring not in SCORINGS:
-        raise AttackError(f"unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
-    for name, value in (("n_tokens", n_tokens), ("steps", steps), ("candidates", candidates), ("top_k", top_k),
-                        ("batch_size", batch_size)):
-        if value < 1:
-            raise AttackError(f"{name} must be at least 1, got {value}")
-    task = load_questions(questions, limit)
-    data = {
-        "kind": "gcg",
-        "settings": {"n_tokens": n_tokens, "steps": steps, "candidates": candidates, "top_k": top_k,
-                     "seed": seed, "scoring": scoring, "questions": task.name, "count": len(task),
-                     "filter_retokenize": filter_retokenize,
-                     "models": describe_models(models)},
-        "budget": {"steps": steps, "candidates_per_step": candidates, "gradient_calls_per_question": steps,
-                   "forward_candidates_per_question": steps * candidates,
-                   "total_forward_candidates_per_model": steps * candidates * len(task)},
-        "models": {},
-    }
-    for name, (model, tokenizer) in as_models(models).items():
-        vocabulary = model.get_input_embeddings().weight.shape[0]
-        allowed = allowed_tokens(tokenizer, vocabulary)
-        records = []
-        bar = tqdm(task.questions, desc=f"GCG ({name})", disable=not progress, unit="question", dynamic_ncols=True)
-        for number, question in enumerate(bar):
-            record = gcg_question(model, tokenizer, question, n_tokens=n_tokens, steps=steps, candidates=candidates,
-                                  top_k=top_k, batch_size=batch_size, seed=seed + number, allowed=allowed,
-                                  filter_retokenize=filter_retokenize, scoring=scoring)
-            records.append({"index": number, **record})
-            bar.set_postfix(loss=f"{record['initial_loss']:.3g}->{record['best_loss']:.3g}")
-        before = score_task(model, tokenizer, task, scoring, progress=False)
-        attacked = Task(task.name, [question_with_suffix(q, r["suffix_text"]) for q, r in zip(task.questions, records)])
-        after = score_task(model, tokenizer, attacked, scoring, progress=False)
-        # Each question with the *next* question's suffix: a suffix that unlocks hidden knowledge
-        # helps there too; one that merely spells its own answer does not.
-        shifted = [records[(i + 1) % len(records)]["suffix_text"] for i in range(len(records))]
-        transferred = score_task(model, tokenizer, Task(task.name, [
-            question_with_suffix(q, text) for q, text in zip(task.questions, shifted)]), scoring, progress=False)
-        for record, plain, suffixed, other in zip(records, before.predictions, after.predictions,
-                                                  transferred.predictions):
-            record["correct_before"], record["correct_after"] = plain.correct, suffixed.correct
-            record["correct_with_other_suffix"] = other.correct
-        curves = [r["loss_curve"] for r in records]
-        data["models"][name] = {
-            "accuracy_before": before.accuracy,
-            "accuracy_after": after.accuracy,
-            "accuracy_with_other_suffix": transferred.accuracy if len(records) > 1 else None,
-            "token_accuracy_initial_suffix": mean(r["token_correct_initial"] for r in records),
-            "token_accuracy_after": mean(r["token_correct"] for r in records),
-            "mean_initial_loss": mean(r["initial_loss"] for r in records),
-            "mean_best_loss": mean(r["best_loss"] for r in records),
-            "mean_loss_curve": [mean(c[i] for c in curves) for i in range(len(curves[0]))],
-            "questions": records,
-        }
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu.attacks import plots
-
-            plots.save_figure(plots.plot_gcg(data), output / "gcg.png")
-    return data
+    described, loaded = split_models(models)
+    source, task = split_questions(questions)
+    settings = GcgSettings.parse(models=described, questions=source, n_tokens=n_tokens, steps=steps,
+                                 candidates=candidates, top_k=top_k, batch_size=batch_size, seed=seed,
+                                 filter_retokenize=filter_retokenize, scoring=scoring, limit=limit)
+    return Gcg().run(settings, output, plot=plot, progress=progress, inputs={"models": loaded, "questions": task})

@@ -22,17 +22,17 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
-from rmu.progress import bar as tqdm
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from rmu.attacks.common import (
-    AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, mean, write_json,
+    Attack, AttackError, AttackSettings, Scoring, accuracy, as_list, mean, split_questions, with_facts,
 )
-from rmu.outputs import writes_folder
+from rmu.experiments.base import Table, open_models, split_models
+from rmu.progress import bar as tqdm
 from rmu.tasks import Task
 
-RESULT_FILE = "keywords.json"
 DEFAULT_TEMPLATE = "{keyword} is a chemical element."  # the first measurement in docs/robustness.md
 # Default templates of the attack. None of them is a training template of --keyword-robust
 # (rmu.keywords.TRAINING_TEMPLATES), so they measure robustness to phrasings never trained on.
@@ -63,8 +63,7 @@ def insert_keywords(task: Task, keywords: Sequence[str], template: str = DEFAULT
     keywords = [k.strip() for k in keywords if k and k.strip()]
     if not keywords:
         raise AttackError("give at least one keyword")
-    if "{keyword}" not in template:
-        raise AttackError(f"the template {template!r} must contain {{keyword}}")
+    check_template(template)
     if position not in POSITIONS:
         raise AttackError(f"position must be one of {', '.join(POSITIONS)}, not {position!r}")
     rng = random.Random(seed)
@@ -72,6 +71,12 @@ def insert_keywords(task: Task, keywords: Sequence[str], template: str = DEFAULT
                                                                 position))
                  for q in task.questions]
     return Task(f"{task.name}+keywords", questions)
+
+
+def check_template(template: str) -> str:
+    if "{keyword}" not in template:
+        raise AttackError(f"the template {template!r} must contain {{keyword}}")
+    return template
 
 
 def read_keywords(source) -> list[str]:
@@ -83,7 +88,93 @@ def read_keywords(source) -> list[str]:
     return list(source)
 
 
-@writes_folder("attack keywords", inputs=("models", "retain_questions", "keywords"))
+class KeywordSettings(AttackSettings):
+    questions: str = Field(description="Retain questions (a task name or file).",
+                           json_schema_extra={"metavar": "NAME_OR_FILE"})
+    keyword_file: str | None = Field(None, description="Forget keywords, one a line.",
+                                     json_schema_extra={"cli": "--keywords", "path": "file"})
+    keywords: Annotated[list[str], BeforeValidator(as_list)] = Field(
+        default_factory=list, description="A forget keyword (repeatable; added to the file's).",
+        json_schema_extra={"cli": "--keyword"})
+    # the variants: every template at every position
+    templates: Annotated[list[Annotated[str, AfterValidator(check_template)]], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: list(HELD_OUT_TEMPLATES), min_length=1, json_schema_extra={"cli": "--template"},
+        description="Sentence with {keyword}, e.g. '{keyword} is a chemical element.' (repeat; default: three "
+                    "phrasings --keyword-robust never trains on, see rmu.attacks.keywords.HELD_OUT_TEMPLATES).")
+    positions: Annotated[list[Literal[POSITIONS]], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: ["before"], min_length=1, json_schema_extra={"cli": "--position"},
+        description="Where the sentence goes: before the question, after it, or before its last word (repeat; every "
+                    "template is tried at every position; default before).")
+    base: str | None = Field("base", description="The model (one of --model) whose own drop the others' drops are "
+                                                 "compared with.", json_schema_extra={"metavar": "NAME"})
+    seed: int = Field(0, description="Seed of the keyword drawn for each question.")
+    scoring: Scoring = Field("cloze", description="How the evaluator scores the questions.")
+
+    @model_validator(mode="after")
+    def _some_keywords(self) -> "KeywordSettings":
+        if self.keyword_file is None and not self.keywords:
+            raise ValueError("give --keywords FILE or --keyword WORD (the Python API: keywords, a file or a list)")
+        return self
+
+
+class Keywords(Attack):
+    """Retain accuracy with a forget keyword inserted into each question, per template and position."""
+
+    kind = "keywords"
+    title = "Forget keywords in retain questions"
+    settings = KeywordSettings
+
+    def compute(self, settings: KeywordSettings, progress: bool = True, models: dict | None = None,
+                questions: Task | None = None) -> dict:
+        task = settings.task(questions)
+        keywords = (read_keywords(settings.keyword_file) if settings.keyword_file else []) + settings.keywords
+        variants = [(t, p, insert_keywords(task, keywords, t, settings.seed, p))
+                    for t in settings.templates for p in settings.positions]
+        data = {"settings": with_facts(settings, count=len(task), keyword_count=len(keywords),
+                                       examples=[v.questions[0].question for _, _, v in variants]),
+                "models": {}}
+        bar = tqdm(total=len(settings.models) * (1 + len(variants)), desc="keywords", disable=not progress,
+                   unit="task")
+        for name, model, tokenizer in open_models(settings.models, models):
+            plain = accuracy(model, tokenizer, task, settings.scoring)
+            bar.update()
+            entries = []
+            for template_text, where, keyworded in variants:
+                with_keyword = accuracy(model, tokenizer, keyworded, settings.scoring)
+                bar.update()
+                entries.append({"template": template_text, "position": where, "retain_with_keyword": with_keyword,
+                                "drop": plain - with_keyword})
+            data["models"][name] = {"retain": plain,
+                                    "retain_with_keyword": mean(e["retain_with_keyword"] for e in entries),
+                                    "drop": mean(e["drop"] for e in entries), "variants": entries}
+        bar.close()
+        _compare_with_base(data, settings.base)
+        return data
+
+    def tables(self, data: dict) -> list[Table]:
+        models = data["models"]
+        means = [[name, e["retain"], e["retain_with_keyword"], e["drop"], e.get("base_drop"), e.get("excess_drop")]
+                 for name, e in models.items()]
+        variants = [[name, v["template"], v["position"], v["retain_with_keyword"], v["drop"], v.get("excess_drop")]
+                    for name, e in models.items() for v in e["variants"]]
+        return [Table(["model", "retain", "retain with keyword (mean)", "drop", "base model's drop", "excess drop"],
+                      means, "Mean over the variants"),
+                Table(["model", "template", "position", "retain with keyword", "drop", "excess drop"], variants,
+                      "Per variant")]
+
+    def notes(self, data: dict) -> list[str]:
+        return [f"example: {example}" for example in data["settings"].get("examples", [])]
+
+    def summary(self, data: dict) -> list[str]:
+        lines = []
+        for name, entry in data["models"].items():
+            against = "" if entry["excess_drop"] is None else (f" (base drop {entry['base_drop']:.3f}, "
+                                                               f"excess {entry['excess_drop']:+.3f})")
+            lines.append(f"{name}: retain {entry['retain']:.3f}, with keyword {entry['retain_with_keyword']:.3f} "
+                         f"(mean of {len(entry['variants'])}), drop {entry['drop']:.3f}{against}")
+        return lines
+
+
 def keyword_attack(models: dict, retain_questions, keywords, output: str | Path | None = None, *,
                    templates: Sequence[str] | None = None, positions: Sequence[str] = ("before",),
                    template: str | None = None, position: str | None = None, base: str | None = "base",
@@ -95,43 +186,16 @@ def keyword_attack(models: dict, retain_questions, keywords, output: str | Path 
     :data:`HELD_OUT_TEMPLATES`) and ``positions`` are crossed; ``template``/``position`` give a
     single one. ``base``: the model whose drops the others' are compared with (skipped when absent).
     """
-    check_scoring(scoring)
-    templates = [template] if template is not None else list(templates or HELD_OUT_TEMPLATES)
-    positions = [position] if position is not None else list(positions)
-    if not templates or not positions:
-        raise AttackError("give at least one template and one position")
-    task = load_questions(retain_questions, limit)
-    keywords = read_keywords(keywords)
-    variants = [(t, p, insert_keywords(task, keywords, t, seed, p)) for t in templates for p in positions]
-    data = {"kind": "keywords",
-            "settings": {"templates": templates, "positions": positions, "seed": seed, "scoring": scoring,
-                         "questions": task.name, "count": len(task), "keywords": len(keywords), "base": base,
-                         "models": describe_models(models),
-                         "examples": [v.questions[0].question for _, _, v in variants]},
-            "models": {}}
-    loaded = as_models(models)
-    bar = tqdm(total=len(loaded) * (1 + len(variants)), desc="keywords", disable=not progress, unit="task")
-    for name, (model, tokenizer) in loaded.items():
-        plain = accuracy(model, tokenizer, task, scoring)
-        bar.update()
-        entries = []
-        for template_text, where, keyworded in variants:
-            with_keyword = accuracy(model, tokenizer, keyworded, scoring)
-            bar.update()
-            entries.append({"template": template_text, "position": where, "retain_with_keyword": with_keyword,
-                            "drop": plain - with_keyword})
-        data["models"][name] = {"retain": plain, "retain_with_keyword": mean(e["retain_with_keyword"] for e in entries),
-                                "drop": mean(e["drop"] for e in entries), "variants": entries}
-    bar.close()
-    _compare_with_base(data, base)
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu.attacks import plots
-
-            plots.save_figure(plots.plot_keywords(data), output / "keywords.png")
-    return data
+    described, loaded = split_models(models)
+    source, task = split_questions(retain_questions)
+    from_file = isinstance(keywords, (str, Path))
+    settings = KeywordSettings.parse(
+        models=described, questions=source, keyword_file=str(keywords) if from_file else None,
+        keywords=[] if from_file else list(keywords),
+        templates=[template] if template is not None else list(templates or HELD_OUT_TEMPLATES),
+        positions=[position] if position is not None else list(positions), base=base, seed=seed, scoring=scoring,
+        limit=limit)
+    return Keywords().run(settings, output, plot=plot, progress=progress, inputs={"models": loaded, "questions": task})
 
 
 def _compare_with_base(data: dict, base: str | None) -> None:

@@ -60,7 +60,8 @@ def plot_relearn(data: dict) -> Figure:
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"Relearning: {s['k']} documents, lr {s['lr']}, params {s['params']}")
+    params = s["params"] if isinstance(s["params"], str) else ", ".join(s["params"])
+    ax.set_title(f"Relearning: {s['k']} documents, lr {s['lr']}, params {params}")
     return figure
 
 

@@ -22,14 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rmu.progress import bar as tqdm
+from pydantic import Field
 
-from rmu.attacks.common import AttackError, as_models, describe_models, load_questions, write_json
+from rmu.analysis.common import decoder_outputs
+from rmu.attacks.common import Attack, AttackError, AttackSettings, Scoring, split_questions, with_facts
 from rmu.eval.prompts import cloze_prompt, letter_prompt
-from rmu.outputs import writes_folder
-from rmu.runner import decoder_outputs, eval_mode
+from rmu.eval.tasks import Task
+from rmu.experiments.base import Table, open_models, split_models
+from rmu.progress import bar as tqdm
+from rmu.runner import eval_mode
 
-RESULT_FILE = "probe.json"
 PROMPTS = {"letter": letter_prompt, "cloze": cloze_prompt, "completion": None}  # completion: statements
 
 
@@ -104,51 +106,76 @@ def statement_probe_accuracy(features, answers, choices: int, *, test_fraction: 
     return float(np.mean(scores))
 
 
-@writes_folder("attack probe", inputs=("models", "questions"))
+class ProbeSettings(AttackSettings):
+    prompt: Scoring = Field("letter", description="letter or cloze: predict the correct choice's index; completion: "
+                                                  "tell true statements from false.")
+    # the probe
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of the questions held out in each split.")
+    splits: int = Field(5, ge=1, description="Random train/test splits.")
+    seed: int = Field(0, description="Seed of the splits.")
+    c: float = Field(1.0, gt=0, description="Inverse regularisation strength of the logistic regression.")
+
+
+class Probe(Attack):
+    """Linear probe per layer predicting the correct choice of forget questions."""
+
+    kind = "probe"
+    title = "Linear probes"
+    settings = ProbeSettings
+
+    def compute(self, settings: ProbeSettings, progress: bool = True, models: dict | None = None,
+                questions: Task | None = None) -> dict:
+        s, task = settings, settings.task(questions)
+        if len(task) < 4:
+            raise AttackError(f"a probe needs several questions; {task.name} has {len(task)}")
+        labels = [q.answer for q in task.questions]
+        if s.prompt == "completion":
+            choices = len(task.questions[0].choices)
+            if any(len(q.choices) != choices for q in task.questions):
+                raise AttackError("the statement probe needs the same number of choices for every question")
+            prompts = [f"{q.question.strip()} {choice}" for q in task.questions for choice in q.choices]
+            majority = 1 / choices  # picking one statement per question: chance, whatever the answer order
+
+            def score(x):
+                return statement_probe_accuracy(x, labels, choices, test_fraction=s.test_fraction, splits=s.splits,
+                                                seed=s.seed, c=s.c)
+        else:
+            prompts = [PROMPTS[s.prompt](q) for q in task.questions]
+            majority = max(Counter(labels).values()) / len(labels)
+
+            def score(x):
+                return probe_accuracy(x, labels, test_fraction=s.test_fraction, splits=s.splits, seed=s.seed, c=s.c)
+        target = "the true statement among the choices" if s.prompt == "completion" else "index of the correct choice"
+        data = {"settings": with_facts(settings, count=len(task), target=target), "majority_class": majority,
+                "models": {}}
+        for name, model, tokenizer in open_models(settings.models, models):
+            activations = layer_activations(model, tokenizer, prompts, progress, desc=f"activations ({name})")
+            per_layer = [score(activations[layer].numpy())
+                         for layer in tqdm(range(activations.shape[0]), desc=f"probes ({name})", disable=not progress)]
+            data["models"][name] = {"layers": list(range(len(per_layer))), "accuracy": per_layer,
+                                    "best_layer": int(np.argmax(per_layer)), "best_accuracy": max(per_layer)}
+        return data
+
+    def tables(self, data: dict) -> list[Table]:
+        rows = [[name, layer, accuracy] for name, entry in data["models"].items()
+                for layer, accuracy in zip(entry["layers"], entry["accuracy"])]
+        return [Table(["model", "layer", "held-out probe accuracy"], rows)]
+
+    def notes(self, data: dict) -> list[str]:
+        return [f"target: {data['settings']['target']}", *self.summary(data)]
+
+    def summary(self, data: dict) -> list[str]:
+        return [f"majority class: {data['majority_class']:.3f}"] + [
+            f"{name}: best layer {entry['best_layer']} ({entry['best_accuracy']:.3f}); per layer "
+            + " ".join(f"{a:.2f}" for a in entry["accuracy"]) for name, entry in data["models"].items()]
+
+
 def probe_attack(models: dict, questions, output: str | Path | None = None, *, prompt: str = "letter",
                  test_fraction: float = 0.3, splits: int = 5, seed: int = 0, c: float = 1.0,
                  limit: int | None = None, progress: bool = True, plot: bool = True) -> dict:
     """Probe accuracy per layer for each model (e.g. base and unlearned) on forget questions."""
-    if prompt not in PROMPTS:
-        raise AttackError(f"unknown prompt {prompt!r}; use {', '.join(PROMPTS)}")
-    if splits < 1:
-        raise AttackError("splits must be at least 1")
-    task = load_questions(questions, limit)
-    if len(task) < 4:
-        raise AttackError(f"a probe needs several questions; {task.name} has {len(task)}")
-    labels = [q.answer for q in task.questions]
-    if prompt == "completion":
-        choices = len(task.questions[0].choices)
-        if any(len(q.choices) != choices for q in task.questions):
-            raise AttackError("the statement probe needs the same number of choices for every question")
-        prompts = [f"{q.question.strip()} {choice}" for q in task.questions for choice in q.choices]
-        majority = 1 / choices  # picking one statement per question: chance, whatever the answer order
-    else:
-        prompts = [PROMPTS[prompt](q) for q in task.questions]
-        majority = max(Counter(labels).values()) / len(labels)
-    data = {"kind": "probe",
-            "settings": {"prompt": prompt, "test_fraction": test_fraction, "splits": splits, "seed": seed, "c": c,
-                         "questions": task.name, "count": len(task), "models": describe_models(models),
-                         "target": ("the true statement among the choices" if prompt == "completion"
-                                    else "index of the correct choice")},
-            "majority_class": majority, "models": {}}
-    for name, (model, tokenizer) in as_models(models).items():
-        activations = layer_activations(model, tokenizer, prompts, progress, desc=f"activations ({name})")
-        if prompt == "completion":
-            score = lambda x: statement_probe_accuracy(x, labels, choices, test_fraction=test_fraction,  # noqa: E731
-                                                       splits=splits, seed=seed, c=c)
-        else:
-            score = lambda x: probe_accuracy(x, labels, test_fraction=test_fraction, splits=splits,  # noqa: E731
-                                             seed=seed, c=c)
-        per_layer = [score(activations[layer].numpy())
-                     for layer in tqdm(range(activations.shape[0]), desc=f"probes ({name})", disable=not progress)]
-        data["models"][name] = {"layers": list(range(len(per_layer))), "accuracy": per_layer,
-                                "best_layer": int(np.argmax(per_layer)), "best_accuracy": max(per_layer)}
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu.attacks import plots
-
-            plots.save_figure(plots.plot_probe(data), output / "probe.png")
-    return data
+    described, loaded = split_models(models)
+    source, task = split_questions(questions)
+    settings = ProbeSettings.parse(models=described, questions=source, prompt=prompt, test_fraction=test_fraction,
+                                   splits=splits, seed=seed, c=c, limit=limit)
+    return Probe().run(settings, output, plot=plot, progress=progress, inputs={"models": loaded, "questions": task})

@@ -13,19 +13,18 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
-from rmu.progress import bar as tqdm
+from pydantic import BeforeValidator, Field
 
 from rmu.attacks.common import (
-    AttackError, accuracy, as_models, check_scoring, describe_models, load_questions, write_json,
+    Attack, AttackError, AttackSettings, Scoring, accuracy, as_list, split_input, split_questions, with_facts,
 )
 from rmu.data import read_corpus
-from rmu.outputs import writes_folder
+from rmu.experiments.base import Table, open_models, split_models
+from rmu.progress import bar as tqdm
 from rmu.runner import restored_mode, trainable_only
-
-RESULT_FILE = "relearn.json"
 
 
 def _texts(source, k: int, what: str) -> list[str]:
@@ -104,7 +103,69 @@ def finetune_curve(model, tokenizer, task, texts: list[str], *, steps: int, lr: 
             "trained_elements": sum(p.numel() for p in trained.values())}
 
 
-@writes_folder("attack relearn", inputs=("models", "questions", "forget_texts", "other_texts"))
+class RelearnSettings(AttackSettings):
+    forget_texts: str = Field(description="Forget corpus (the first K documents are used).",
+                              json_schema_extra={"path": "file"})
+    other_texts: str | None = Field(None, description="Unrelated corpus (control run).",
+                                    json_schema_extra={"path": "file"})
+    # the fine-tuning
+    k: int = Field(8, ge=1, description="Documents to fine-tune on.")
+    steps: int = Field(20, ge=1, description="Optimizer steps.")
+    lr: float = Field(1e-5, ge=0, description="AdamW learning rate (weight decay 0).")
+    batch_size: int = Field(4, ge=1, description="Documents per step.")
+    max_len: int = Field(128, ge=1, description="Tokens kept of each document.")
+    params: Annotated[list[str], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: ["all"], min_length=1,
+        description="Glob pattern(s) of parameter names to train, or 'all' (repeat; default all).")
+    # the measurement
+    eval_every: int = Field(5, ge=1, description="Steps between forget-accuracy measurements.")
+    scoring: Scoring = Field("cloze", description="How the evaluator scores the questions.")
+
+
+class Relearn(Attack):
+    """Fine-tune on K forget documents (and on unrelated text); forget accuracy against the step."""
+
+    kind = "relearn"
+    title = "Relearning attack"
+    settings = RelearnSettings
+
+    def compute(self, settings: RelearnSettings, progress: bool = True, models: dict | None = None,
+                questions=None, forget_texts=None, other_texts=None) -> dict:
+        task = settings.task(questions)
+        corpora = {"forget": _texts(settings.forget_texts if forget_texts is None else forget_texts, settings.k,
+                                    "forget")}
+        if settings.other_texts is not None:
+            corpora["unrelated"] = _texts(settings.other_texts if other_texts is None else other_texts, settings.k,
+                                          "unrelated")
+        data = {"settings": with_facts(settings, count=len(task), documents={n: len(t) for n, t in corpora.items()}),
+                "models": {}}
+        for name, model, tokenizer in open_models(settings.models, models):
+            data["models"][name] = {
+                corpus: finetune_curve(model, tokenizer, task, texts, steps=settings.steps, lr=settings.lr,
+                                       batch_size=settings.batch_size, max_len=settings.max_len,
+                                       eval_every=settings.eval_every, params=settings.params,
+                                       scoring=settings.scoring, progress=progress,
+                                       desc=f"relearn {name} on {corpus}")
+                for corpus, texts in corpora.items()
+            }
+        return data
+
+    def tables(self, data: dict) -> list[Table]:
+        curves = [(name, corpus, curve) for name, entry in data["models"].items() for corpus, curve in entry.items()]
+        accuracy_rows = [[name, corpus, p["step"], p["accuracy"]] for name, corpus, curve in curves
+                         for p in curve["points"]]
+        training_rows = [[name, corpus, curve["trained_parameters"], curve["trained_elements"],
+                          curve["losses"][0] if curve["losses"] else None,
+                          curve["losses"][-1] if curve["losses"] else None] for name, corpus, curve in curves]
+        return [Table(["model", "trained on", "step", "forget accuracy"], accuracy_rows, "Forget accuracy"),
+                Table(["model", "trained on", "parameters", "elements", "first loss", "last loss"], training_rows,
+                      "Training")]
+
+    def summary(self, data: dict) -> list[str]:
+        return [f"{name} on {corpus}: " + ", ".join(f"{p['step']}: {p['accuracy']:.3f}" for p in curve["points"])
+                for name, entry in data["models"].items() for corpus, curve in entry.items()]
+
+
 def relearn_attack(models: dict, questions, forget_texts, other_texts=None, output: str | Path | None = None, *,
                    k: int = 8, steps: int = 20, lr: float = 1e-5, batch_size: int = 4, max_len: int = 128,
                    eval_every: int = 5, params: Sequence[str] | str = "all", scoring: str = "cloze",
@@ -114,35 +175,12 @@ def relearn_attack(models: dict, questions, forget_texts, other_texts=None, outp
     ``forget_texts`` / ``other_texts``: a corpus file (as ``rmu unlearn`` reads) or a list of texts.
     Writes ``relearn.json`` and ``relearn.png`` to ``output``.
     """
-    check_scoring(scoring)
-    for name, value in (("k", k), ("steps", steps), ("batch_size", batch_size), ("max_len", max_len),
-                        ("eval_every", eval_every)):
-        if value < 1:
-            raise AttackError(f"{name} must be at least 1, got {value}")
-    if lr < 0:
-        raise AttackError("lr must be 0 or more")
-    task = load_questions(questions, limit)
-    corpora = {"forget": _texts(forget_texts, k, "forget")}
-    if other_texts is not None:
-        corpora["unrelated"] = _texts(other_texts, k, "unrelated")
-    data = {"kind": "relearn",
-            "settings": {"k": k, "steps": steps, "lr": lr, "batch_size": batch_size, "max_len": max_len,
-                         "eval_every": eval_every, "params": params, "scoring": scoring, "questions": task.name,
-                         "count": len(task), "models": describe_models(models),
-                         "documents": {n: len(t) for n, t in corpora.items()}},
-            "models": {}}
-    for name, (model, tokenizer) in as_models(models).items():
-        data["models"][name] = {
-            corpus: finetune_curve(model, tokenizer, task, texts, steps=steps, lr=lr, batch_size=batch_size,
-                                   max_len=max_len, eval_every=eval_every, params=params, scoring=scoring,
-                                   progress=progress, desc=f"relearn {name} on {corpus}")
-            for corpus, texts in corpora.items()
-        }
-    if output is not None:
-        output = Path(output)
-        write_json(output / RESULT_FILE, data)
-        if plot:
-            from rmu.attacks import plots
-
-            plots.save_figure(plots.plot_relearn(data), output / "relearn.png")
-    return data
+    described, loaded = split_models(models)
+    (question_source, task), (forget_source, forget), (other_source, other) = (
+        split_questions(questions), split_input(forget_texts), split_input(other_texts))
+    settings = RelearnSettings.parse(models=described, questions=question_source, forget_texts=forget_source,
+                                     other_texts=other_source, k=k, steps=steps, lr=lr, batch_size=batch_size,
+                                     max_len=max_len, params=params, eval_every=eval_every, scoring=scoring,
+                                     limit=limit)
+    return Relearn().run(settings, output, plot=plot, progress=progress,
+                         inputs={"models": loaded, "questions": task, "forget_texts": forget, "other_texts": other})

@@ -73,6 +73,11 @@ def option_for(name: str, info: FieldInfo) -> Any | None:
     required = info.is_required()
     default = None if required else info.get_default(call_default_factory=True)
     common = dict(help=info.description, show_default=not required and default not in (None, (), [], {}))
+    # A required option gets no default at all: click counts even None as given, and never says it is missing.
+    default_given = {} if required else {"default": default}
+    if extra.get("text"):  # one text that the field's validator parses (e.g. layers "3,5-7")
+        return click.option(flag, name, type=click.STRING, required=required, metavar=extra.get("metavar"),
+                            **default_given, help=info.description)
     if annotation is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=default, **common)
     if extra.get("argument"):
@@ -89,10 +94,9 @@ def option_for(name: str, info: FieldInfo) -> Any | None:
         # A repeatable option; a dict field takes NAME=VALUE items that its validator parses (and checks).
         kind = click.STRING if origin is dict else _click_type(typing.get_args(annotation)[0], info, extra)
         return click.option(flag, name, multiple=True, required=required, metavar=extra.get("metavar"),
-                            type=kind, default=None if required else (),
-                            help=info.description)
+                            type=kind, help=info.description, **({} if required else {"default": ()}))
     return click.option(flag, name, type=_click_type(annotation, info, extra), required=required and not optional,
-                        default=default, metavar=extra.get("metavar"), **common)
+                        metavar=extra.get("metavar"), **default_given, **common)
 
 
 def _parses_text(info: FieldInfo) -> bool:
@@ -137,6 +141,7 @@ def experiment_command(experiment: Experiment, name: str, help: str | None = Non
         data = experiment.run(settings, output, plot=not no_plot, progress=not quiet)
         for line in experiment.summary(data):
             click.echo(line)
-        click.echo(f"{experiment.result_file()} written to {output}")
+        written = [experiment.result_file(), *([] if no_plot else experiment.figure_files)]
+        click.echo(f"{' and '.join(written)} written to {output}")
 
     return command

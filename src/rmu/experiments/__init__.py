@@ -4,8 +4,8 @@
 only where all are needed: the report and the command line).
 """
 
-from rmu.experiments.base import (ExperimentError, Experiment, NamedModels, Section, Settings, Table, open_models,
-                                  read_json, split_models, write_json)
+from rmu.experiments.base import (ExperimentError, Experiment, IntList, NamedModels, Section, Settings, Table,
+                                  open_models, read_json, split_models, write_json)
 
-__all__ = ["ExperimentError", "Experiment", "NamedModels", "Section", "Settings", "Table", "open_models",
+__all__ = ["ExperimentError", "Experiment", "IntList", "NamedModels", "Section", "Settings", "Table", "open_models",
            "read_json", "split_models", "write_json"]

@@ -14,18 +14,20 @@ from rmu.analysis.noise import Noise
 from rmu.analysis.norms import Norms
 from rmu.analysis.sweeps import CoeffSweep, LayerSweep
 from rmu.analysis.token_norms import TokenNorms
+from rmu.attacks import ATTACKS
 from rmu.experiments.base import Experiment, ExperimentError, read_json
 from rmu.experiments.unlearn_run import UnlearnRun
 from rmu.tune import TuneStudy
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     UnlearnRun(),
-    TokenNorms(),
+    LayerSweep(),
+    CoeffSweep(),
     Confidence(),
     Norms(),
     Noise(),
-    LayerSweep(),
-    CoeffSweep(),
+    TokenNorms(),
+    *ATTACKS,
     TuneStudy(),
 )
 
