@@ -27,7 +27,8 @@ from rmu.attacks.common import (
     Attack, IN_MEMORY, AttackError, AttackSettings, Scoring, accuracy, load_questions, split_input, split_questions,
     with_facts,
 )
-from rmu.experiments.base import IntList, Settings, Table, open_models, split_models
+from rmu.experiments.base import Settings, Table, open_models, split_models
+from rmu.experiments.values import OptionalIntList
 from rmu.progress import bar as tqdm
 from rmu.run_folder import RUN_FILE, VECTORS_FILE
 from rmu.structure import check_layer, find_structure, layer_hidden, with_layer_hidden
@@ -131,9 +132,9 @@ class AblateSettings(ControlVectorDirection, DiffDirection, AttackSettings):
     retain_questions: str | None = Field(None, description="Retain questions (what the ablation costs).",
                                          json_schema_extra={"metavar": "NAME_OR_FILE"})
     layer: int | None = Field(None, ge=0, description="Steered layer (default: from the model's run.json).")
-    project_layers: IntList | None = Field(None, description="Layers whose output is projected, e.g. 3,5-7 "
+    project_layers: OptionalIntList = Field(None, description="Layers whose output is projected, e.g. 3,5-7 "
                                                              "(default: --layer).",
-                                           json_schema_extra={"text": True, "metavar": "LAYERS"})
+                                           json_schema_extra={"metavar": "LAYERS"})
     scoring: Scoring = Field("cloze", description="How the evaluator scores the questions.")
 
     @model_validator(mode="after")

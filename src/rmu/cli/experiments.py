@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import annotated_types
 import click
-from pydantic.functional_validators import BeforeValidator
 from pydantic.fields import FieldInfo
 
 from rmu.experiments.base import Experiment, Settings
+from rmu.experiments.values import TextValidator
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -75,9 +75,6 @@ def option_for(name: str, info: FieldInfo) -> Any | None:
     common = dict(help=info.description, show_default=not required and default not in (None, (), [], {}))
     # A required option gets no default at all: click counts even None as given, and never says it is missing.
     default_given = {} if required else {"default": default}
-    if extra.get("text"):  # one text that the field's validator parses (e.g. layers "3,5-7")
-        return click.option(flag, name, type=click.STRING, required=required, metavar=extra.get("metavar"),
-                            **default_given, help=info.description)
     if annotation is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=default, **common)
     if extra.get("argument"):
@@ -100,7 +97,7 @@ def option_for(name: str, info: FieldInfo) -> Any | None:
 
 
 def _parses_text(info: FieldInfo) -> bool:
-    return any(isinstance(item, BeforeValidator) for item in info.metadata)
+    return any(isinstance(item, TextValidator) for item in info.metadata)
 
 
 def settings_options(settings: type[Settings]):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,24 +119,6 @@ def _existing_folders(value: dict[str, str]) -> dict[str, str]:
 # Models under test, by name: a checkpoint folder each (or IN_MEMORY when the Python API was given
 # loaded models, which then travel in ``inputs["models"]``).
 NamedModels = Annotated[dict[str, str], BeforeValidator(_named_paths), AfterValidator(_existing_folders)]
-
-
-def int_list(value: Any) -> Any:
-    """``"3,6,9"`` -> [3, 6, 9], ``"3-15"`` -> 3..15, ``"3-15:3"`` -> 3, 6, ..., 15; other values unchanged."""
-    if not isinstance(value, str):
-        return value
-    numbers: list[int] = []
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        match = re.fullmatch(r"(\d+)(?:-(\d+)(?::([1-9]\d*))?)?", part)
-        if not match or int(match[2] or match[1]) < int(match[1]):
-            raise ValueError(f"{value!r}: use a list (3,6,9), a range (3-15) or a range with a step (3-15:3)")
-        numbers += range(int(match[1]), int(match[2] or match[1]) + 1, int(match[3] or 1))
-    return numbers
-
-
-# A list of whole numbers (layers); the command line gives it as one text, "3,5-7" (mark the field
-# ``json_schema_extra={"text": True}`` so that its option takes one text, not repeated numbers).
-IntList = Annotated[list[int], BeforeValidator(int_list)]
 
 
 def split_models(models: dict) -> tuple[dict[str, str], dict[str, tuple]]:

@@ -7,6 +7,8 @@ the option and the Python API accept the same thing and a bad text fails with th
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from typing import Annotated, Any, Literal
 
@@ -49,11 +51,16 @@ def parse_names(text: str) -> list[str]:
     return [name.strip() for name in str(text).split(",") if name.strip()]
 
 
+@dataclasses.dataclass(frozen=True)
+class TextValidator(BeforeValidator):
+    """Parses a setting given as one text (``"3-15:3"``); its option takes one text (rmu.cli.experiments)."""
+
+
 def _text_or_list(parse):
     def validate(value: Any) -> Any:
         return parse(value) if isinstance(value, str) else value
 
-    return BeforeValidator(validate)
+    return TextValidator(validate)
 
 
 IntList = Annotated[list[int], _text_or_list(parse_int_range)]
