@@ -7,7 +7,6 @@ import re
 import pytest
 
 from rmu.demo.kinds import FORGET_TOPIC, RETAIN_TOPIC, build_kinds_benchmark, load_kinds
-from rmu.demo.topics import TOPICS, demo_topic, write_topic
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +79,3 @@ def test_corpus_mentions_only_taught_items(benchmark):
 def test_question_sentences_never_in_training_text(benchmark):
     corpus = " ".join(benchmark.forget_corpus + benchmark.retain_corpus)
     assert "is a kind of" not in corpus
-
-
-def test_topic_registry_writes_files(tmp_path):
-    assert set(TOPICS) == {"elements", "animals"}
-    paths = write_topic("animals", tmp_path)
-    assert paths["forget_questions"].read_text().count("\n") == len(build_kinds_benchmark().forget_questions)
-    with pytest.raises(ValueError, match="elements, animals"):
-        demo_topic("plants")
