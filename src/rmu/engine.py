@@ -14,7 +14,7 @@ hidden state. Here, per batch:
 
 So the model is held once, plus a copy of only the trained tensors; nothing above layer l runs;
 only the trained tensors get gradients. The losses are those of a plain two-model implementation
-(tests/reference_rmu.py checks them step by step); the published scripts' own arithmetic
+(rmu.testing.reference checks them step by step); the published scripts' own arithmetic
 (optimizer, precision, data reading) is reached with the switches below or a recipe, and
 tests/test_recipes.py checks it against transcriptions of those scripts.
 

@@ -75,16 +75,12 @@ class ConfidenceSettings(Settings):
     models: NamedModels = Field(description="A model to compare, e.g. base=PATH and unlearned=PATH (repeat).",
                                 json_schema_extra={"cli": "--model", "metavar": "NAME=PATH", "path": "dir"})
     questions: list[str] = Field(description="Forget questions: task names or question files (repeatable).",
-                                 json_schema_extra={"metavar": "NAME_OR_FILE"})
+                                 json_schema_extra={"metavar": "NAME_OR_FILE", "input": True})
     tokens: int = Field(30, ge=1, description="Greedy tokens per question.")
     limit: int | None = Field(None, ge=1, description="Only the first N questions of each task.")
     prompt: Scoring = Field("cloze", description="The evaluator's prompt of this scoring; completion feeds the "
                                                  "question itself.")
     keep_text: bool = Field(True, description="Keep each generated text in the result.", json_schema_extra={"cli": None})
-
-    def input_paths(self, key: str = "path") -> list[Path]:
-        # Question files are inputs too (a task name is not a path and is skipped by rmu.outputs).
-        return super().input_paths(key) + ([Path(q) for q in self.questions] if key == "path" else [])
 
 
 class Confidence(Experiment):

@@ -130,7 +130,7 @@ class ControlVectorDirection(Settings):
 
 class AblateSettings(ControlVectorDirection, DiffDirection, AttackSettings):
     retain_questions: str | None = Field(None, description="Retain questions (what the ablation costs).",
-                                         json_schema_extra={"metavar": "NAME_OR_FILE"})
+                                         json_schema_extra={"metavar": "NAME_OR_FILE", "input": True})
     layer: int | None = Field(None, ge=0, description="Steered layer (default: from the model's run.json).")
     project_layers: OptionalIntList = Field(None, description="Layers whose output is projected, e.g. 3,5-7 "
                                                              "(default: --layer).",
@@ -152,9 +152,6 @@ class AblateSettings(ControlVectorDirection, DiffDirection, AttackSettings):
         if self.project_layers is None:
             self.project_layers = [self.layer]
         return self
-
-    def input_paths(self) -> list[Path]:
-        return [*super().input_paths(), *([Path(self.retain_questions)] if self.retain_questions else [])]
 
 
 def _control_vectors(models: dict[str, str]) -> dict[str, str]:

@@ -29,12 +29,8 @@ class AttackSettings(Settings):
                                             "(repeat).",
                                 json_schema_extra={"cli": "--model", "metavar": "NAME=PATH", "path": "dir"})
     questions: str = Field(description="Forget questions (a task name or file).",
-                           json_schema_extra={"metavar": "NAME_OR_FILE"})
+                           json_schema_extra={"metavar": "NAME_OR_FILE", "input": True})
     limit: int | None = Field(None, ge=1, description="Only the first N questions.")
-
-    def input_paths(self) -> list[Path]:
-        # A question file is an input too; a task name is no path (rmu.outputs keeps existing paths only).
-        return [*super().input_paths(), Path(self.questions)]
 
     def task(self, given: Task | None = None) -> Task:
         """The questions: ``given`` (a Task the Python API passed) or the named task or file, cut to ``limit``."""

@@ -8,19 +8,6 @@ import click
 from rmu.cli.experiments import experiment_command
 
 
-def parse_models(items: tuple[str, ...]) -> dict[str, str]:
-    """('base=path', 'unlearned=path2') -> {...}; a bare path is named after its folder.
-
-    For commands not yet generated from settings (their settings use :data:`rmu.experiments.NamedModels`).
-    """
-    from rmu.experiments.base import _existing_folders, _named_paths
-
-    try:
-        return _existing_folders(_named_paths(list(items)))
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--model") from None
-
-
 @click.group("analyze")
 def command() -> None:
     """Analyses of unlearned models: token confidence, norm convergence, noise sensitivity, token norms."""

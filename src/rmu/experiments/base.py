@@ -45,7 +45,8 @@ class Settings(BaseModel):
     (``ge``/``le``: the option's range). ``json_schema_extra`` may add, for the command line:
     ``{"cli": "--name"}`` (another option name), ``{"metavar": "NAME=PATH"}``, ``{"path": "file" |
     "dir" | "any"}`` (an input path that must exist; it is also kept apart from the output) and
-    ``{"cli": None}`` (no option: only the Python API sets it).
+    ``{"input": True}`` (a task name or an input file: kept apart from the output when it is a path)
+    and ``{"cli": None}`` (no option: only the Python API sets it).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,14 +64,16 @@ class Settings(BaseModel):
         return self.model_dump(mode="json")
 
     def input_paths(self, key: str = "path") -> list[Path]:
-        """Every path-valued setting marked as an input (``{"path": ...}``), for the output checks.
+        """Every path-valued setting marked as an input, for the output checks: ``{"path": ...}`` (a
+        path that must exist) or ``{"input": True}`` (a task name or a file: a path only if it exists).
 
         ``key="results"``: only those marked as folders of results (``{"results": True}``).
         """
         paths: list[Path] = []
+        keys = ("path", "input") if key == "path" else (key,)
         for name, info in type(self).model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if key not in extra:
+            if not any(k in extra for k in keys):
                 continue
             value = getattr(self, name)
             values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
