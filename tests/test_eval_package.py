@@ -77,7 +77,7 @@ def test_completion_on_lm_eval_is_refused_before_loading(checkpoint, task_file, 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the option was refused")
 
-    monkeypatch.setattr("rmu.cli.eval.load_model", refuse)
+    monkeypatch.setattr("rmu.cli.eval.load_whole_model", refuse)
     result = CliRunner().invoke(command, ["--model", str(checkpoint), "--task", str(task_file), "--backend", "lm-eval",
                                           "--scoring", "completion", "--device", "cpu"])
     assert result.exit_code == 2 and "native backend only" in result.output

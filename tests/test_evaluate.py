@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import write_jsonl
+from rmu.cli import main
 from rmu.cli.eval import command
 from rmu.evaluate import (
     encode_pair, evaluate, letter_prompt, prompt_and_continuations, accuracy_stderr,
@@ -334,6 +335,6 @@ def test_cli_fails_clearly_on_bad_tasks(checkpoint, tmp_path):
     assert unknown.exit_code == 2 and "mmlu_virology" in unknown.output and "--backend lm-eval" in unknown.output
     missing = runner.invoke(command, ["--model", str(checkpoint), "--task", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2 and "nope.csv" in missing.output
-    no_model = runner.invoke(command, ["--model", str(tmp_path / "no-model"), "--task",
-                                       str(write_jsonl(tmp_path / "t.jsonl", RECORDS))])
+    no_model = runner.invoke(main, ["eval", "--model", str(tmp_path / "no-model"), "--task",
+                                    str(write_jsonl(tmp_path / "t.jsonl", RECORDS))])
     assert no_model.exit_code == 1 and "could not load model" in no_model.output

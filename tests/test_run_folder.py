@@ -148,7 +148,7 @@ def test_eval_output_is_checked_before_the_evaluation(workspace, tmp_path, monke
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before --output was refused")
 
-    monkeypatch.setattr("rmu.cli.eval.load_model", refuse)
+    monkeypatch.setattr("rmu.cli.eval.load_whole_model", refuse)
     base = ["eval", "--model", workspace / "model", "--task", workspace / "questions.jsonl", "--scoring", "cloze",
             "--device", "cpu", "--no-progress", "--output"]
     (tmp_path / "notes.json").write_text('{"mine": true}')

@@ -334,7 +334,7 @@ def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
     model_dtype = next(iter(tensors.in_model.values())).dtype
 
     topics = config.topics
-    vectors = _control_vectors(config, topics, structure.hidden_size, model_dtype, device)
+    vectors = rules.control_vectors(config, topics, structure.hidden_size, model_dtype, device)
     steps = min(config.steps, corpora.available_steps())
     batches = _tokenize_needed(corpora, tokenizer, config, steps)
     calibration = None
@@ -428,15 +428,6 @@ def _tokenize_needed(corpora: _Corpora, tokenizer, config: UnlearnConfig, steps:
             pairs.append((tokenize(tokenizer, corpora.forget[t][b], config.max_len[t]), cache[b]))
         batches.append(pairs)
     return batches
-
-
-def _control_vectors(config: UnlearnConfig, topics: list[str], hidden_size: int, dtype: torch.dtype,
-                     device: torch.device) -> dict[str, torch.Tensor]:
-    if config.control_vectors:
-        return rules.load_control_vectors(config.control_vectors, topics, hidden_size)
-    if config.vector_draw == "original":
-        return rules.published_control_vectors(topics, hidden_size, config.seed, dtype, device)
-    return rules.random_control_vectors(topics, hidden_size, config.seed)
 
 
 def _coefficient_from_updated(config: UnlearnConfig) -> bool:

@@ -44,6 +44,29 @@ def check_model(source, trust_remote_code: bool = False):
     return _empty_model(folder, trust_remote_code)
 
 
+def load_whole_model(source, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+    """The whole model (its LM head too: evaluation needs it) and its tokenizer, in eval mode, its files
+    checked first (:func:`check_model`: a bad folder fails before any weight is read).
+
+    ``dtype``: float32, bfloat16, float16 or auto (the checkpoint's own); ``device``: cpu, cuda, ... or
+    auto (cuda when there is one). Raises a CheckpointError naming the model.
+    """
+    import torch
+
+    from rmu import loading  # through the module: tests replace loading.load_model to catch any weight load
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_model(source, trust_remote_code)
+        model, tokenizer = loading.load_model(source, upto_layer=None,
+                                              dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                                              device=device, trust_remote_code=trust_remote_code)
+    except (CheckpointError, OSError, ValueError) as error:
+        raise CheckpointError(f"could not load model {source!s}: {error}") from None
+    return model.eval(), tokenizer
+
+
 def _empty_model(folder: Path, trust_remote_code: bool):
     try:
         import torch

@@ -53,6 +53,17 @@ def published_control_vectors(topics: list[str], hidden_size: int, seed: int, dt
     return vectors
 
 
+def control_vectors(config, topics: list[str], hidden_size: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The u of each topic for a run of ``config`` (an UnlearnConfig): its ``control_vectors`` file,
+    or the draw its ``vector_draw`` names from its seed (``original`` draws in the model's dtype)."""
+    if config.control_vectors:
+        return load_control_vectors(config.control_vectors, topics, hidden_size)
+    if config.vector_draw == "original":
+        return published_control_vectors(topics, hidden_size, config.seed, dtype, device)
+    return random_control_vectors(topics, hidden_size, config.seed)
+
+
 def save_control_vectors(vectors: dict[str, torch.Tensor], path: str | Path) -> None:
     save_file({k: v.contiguous().cpu() for k, v in vectors.items()}, str(path))
 

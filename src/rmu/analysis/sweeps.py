@@ -475,8 +475,9 @@ class CoeffSweep(_SweepExperiment):
             raise AnalysisError(str(error)) from None
         structure = find_structure(sweep.model)
         check_layer(config.layer, structure.num_layers, error=AnalysisError)
-        return {**sweep.evaluate(), **_cosine(sweep, config, _vectors(config, structure.hidden_size),
-                                             settings.cosine_batches)}
+        weight = sweep.model.get_input_embeddings().weight  # u as the run draws it: same rule, dtype, device
+        vectors = rules.control_vectors(config, config.topics, structure.hidden_size, weight.dtype, weight.device)
+        return {**sweep.evaluate(), **_cosine(sweep, config, vectors, settings.cosine_batches)}
 
     def measure(self, sweep: "_Sweep", settings: CoeffSweepSettings):
         return lambda config, result: _cosine(sweep, config, result.control_vectors, settings.cosine_batches)
@@ -559,13 +560,6 @@ def sweep_coeff(base: dict | UnlearnConfig, values: Iterable[float], output: str
 def _seeds_setting(seeds: int) -> dict:
     """``{"seeds": K}`` for K > 1 (one seed leaves the settings as they always were, for old sweeps)."""
     return {"seeds": seeds} if seeds > 1 else {}
-
-
-def _vectors(config: UnlearnConfig, hidden_size: int) -> dict[str, torch.Tensor]:
-    """The u the engine would use for this config (same seed, same rule)."""
-    if config.control_vectors:
-        return rules.load_control_vectors(config.control_vectors, config.topics, hidden_size)
-    return rules.random_control_vectors(config.topics, hidden_size, config.seed)
 
 
 def _fmt(value, digits: int = 3) -> str:

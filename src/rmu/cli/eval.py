@@ -10,7 +10,7 @@ from rmu.eval import (
     BACKENDS, RESULTS_WRITER, SCORINGS, TaskFormatError, UnknownTaskError, check_backend, evaluate, format_table,
     resolve_tasks, save_results,
 )
-from rmu.loading import CheckpointError, load_model
+from rmu.preflight import load_whole_model
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -27,21 +27,6 @@ def load_tasks(names: tuple[str, ...], backend: str, subject: str) -> list:
         raise click.BadParameter(str(error), param_hint="--task") from None
     except TaskFormatError as error:
         raise click.ClickException(str(error)) from None
-
-
-def load(model_id: str, dtype: str, device: str | None, trust_remote_code: bool):
-    """The model and tokenizer through :func:`rmu.loading.load_model`, its files checked first (rmu.preflight)."""
-    import torch
-
-    from rmu.engine import resolve_device
-    from rmu.preflight import check_model
-
-    try:
-        check_model(model_id, trust_remote_code)  # incomplete folder, pickle, shipped code: before any weight
-        return load_model(model_id, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-                          device=resolve_device(device or "auto"), trust_remote_code=trust_remote_code)
-    except (CheckpointError, OSError, ValueError) as error:
-        raise click.ClickException(f"could not load model {model_id}: {error}") from None
 
 
 def _check_outputs(model_id: str, tasks: tuple[str, ...], output: str | None, task_dir: str | None) -> None:
@@ -99,7 +84,7 @@ def command(model_id, tasks, scoring, limit, batch_size, backend, dtype, device,
         raise click.UsageError(str(error)) from None
     _check_outputs(model_id, tasks, output, lm_eval_task_dir)
     resolved = load_tasks(tasks, backend, subject)
-    model, tokenizer = load(model_id, dtype, device, trust_remote_code)
+    model, tokenizer = load_whole_model(model_id, dtype, device or "auto", trust_remote_code)  # errors: printed by rmu
     try:
         results = evaluate(model, tokenizer, resolved, scoring=scoring, batch_size=batch_size, limit=limit,
                            progress=progress, backend=backend,

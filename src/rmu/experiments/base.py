@@ -139,17 +139,14 @@ def open_models(described: dict[str, str], loaded: dict[str, tuple] | None = Non
 
 
 def load_full_model(source, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
-    """The whole model (with its LM head: evaluation needs it) and its tokenizer, in eval mode."""
-    import torch
-
-    from rmu.loading import CheckpointError, load_model
+    """The whole model and its tokenizer, in eval mode (:func:`rmu.preflight.load_whole_model`)."""
+    from rmu.loading import CheckpointError
+    from rmu.preflight import load_whole_model
 
     try:
-        model, tokenizer = load_model(source, upto_layer=None, dtype=getattr(torch, dtype), device=device,
-                                      trust_remote_code=trust_remote_code)
-    except (OSError, CheckpointError) as error:
-        raise ExperimentError(f"could not load model {source!s}: {error}") from None
-    return model.eval(), tokenizer
+        return load_whole_model(source, dtype, device, trust_remote_code)
+    except CheckpointError as error:
+        raise ExperimentError(str(error)) from None
 
 
 @dataclass
