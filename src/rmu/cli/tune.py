@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from rmu.cli.options import MANY_RUNS, run_options
-from rmu.cli.sweep import SCORINGS, collect_base, parse_int_range
+from rmu.cli.options import collect_base, parse_int_range
+from rmu.experiments.values import SCORINGS
 
 # The run options a study fixes for every trial (it draws method, layer, steps, lr, alpha, c or beta, noise).
 _FIXED = ("batch_size", "max_len", "retain_max_len", "min_len", "seed", "mask_padding", "mask_first_token", "dtype",
