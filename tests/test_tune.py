@@ -137,3 +137,52 @@ def test_bad_input_fails_early(workspace, tmp_path):
               "retain": [str(workspace / "retain.txt")], "min_len": 0, "device": "cpu"}, tmp_path / "x",
              forget_tasks=[workspace / "forget_q.jsonl"], retain_tasks=[workspace / "retain_q.jsonl"],
              settings=TuneSettings(trials=1, layers=(9,)), progress=False)
+
+
+def test_the_keyword_objective_counts_only_the_drop_beyond_the_base_models():
+    from rmu.tune import objective_value
+
+    base = {"forget_accuracy": 0.8, "retain_accuracy": 0.9, "retain_keyword_accuracy": 0.85}  # base drop 0.05
+    robust = {"forget_accuracy": 0.25, "retain_accuracy": 0.9, "retain_keyword_accuracy": 0.85}
+    wrecked = {"forget_accuracy": 0.25, "retain_accuracy": 0.9, "retain_keyword_accuracy": 0.25}
+    assert objective_value(robust, base, 0.25, keyword_weight=2.0) == pytest.approx(0.0)
+    assert objective_value(wrecked, base, 0.25, keyword_weight=2.0) == pytest.approx(2.0 * (0.65 - 0.05))
+    assert objective_value(wrecked, base, 0.25) == pytest.approx(0.0)  # weight 0: as before
+
+
+def test_keyword_tasks_put_a_keyword_sentence_before_each_retain_question(workspace):
+    from rmu.attacks.keywords import HELD_OUT_TEMPLATES
+    from rmu.tune import keyword_tasks, study_keywords
+
+    base = {"model": str(workspace / "model"), "forget": {"f": str(workspace / "forget.jsonl")},
+            "retain": [str(workspace / "retain.txt")], "min_len": 0}
+    keywords = study_keywords(base, TuneSettings(keyword_weight=1.0))
+    assert "Iron" in keywords and "Paris" not in keywords  # found in the forget corpus, not the retain one
+    retain = load_task(workspace / "retain_q.jsonl")
+    tasks = keyword_tasks([retain], keywords)
+    assert len(tasks) == len(HELD_OUT_TEMPLATES) and len({t.name for t in tasks}) == len(tasks)
+    for task, template in zip(tasks, HELD_OUT_TEMPLATES):
+        prefix = template.split("{keyword}")[0]
+        for plain, changed in zip(retain.questions, task.questions):
+            assert changed.question.endswith(plain.question) and changed.question.startswith(prefix)
+            assert changed.choices == plain.choices and changed.answer == plain.answer
+
+
+def test_a_study_with_a_keyword_weight_tries_keyword_robust_and_scores_the_keyword_drop(workspace, tmp_path):
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2", "--keyword-weight", "1",
+                                                "--no-pruning"))
+    assert result.exit_code == 0, result.output
+    trials = json.loads((out / "trials.json").read_text())
+    assert "retain_keyword_accuracy" in trials["baseline"]
+    # The first two trials: the scale rule without and with --keyword-robust.
+    assert [t["params"]["keyword_robust"] for t in trials["trials"]] == [False, True]
+    assert [bool(t["settings"].get("keyword_robust")) for t in trials["trials"]] == [False, True]
+    for trial in trials["trials"]:
+        assert set(trial["scores"]) == {"forget_accuracy", "retain_accuracy", "retain_keyword_accuracy"}
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    chosen = json.loads((out / "summary.json").read_text())["best"]
+    assert bool(best.get("keyword_robust")) == bool(chosen["params"]["keyword_robust"])
+    report = CliRunner().invoke(main, ["report", str(out), "--output", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    assert "retain acc, keyword" in (tmp_path / "report" / "report.md").read_text()

@@ -4,7 +4,13 @@ The model is loaded once. Each trial puts the original weights back, unlearns wi
 settings (:func:`rmu.engine.unlearn`, in memory), and scores the model on the given questions
 (:func:`rmu.eval.evaluate`). The goal and the constraint:
 
-* objective (minimised): |forget accuracy - chance| + ``RETAIN_WEIGHT`` x max(0, base retain - retain);
+* objective (minimised): |forget accuracy - chance| + ``RETAIN_WEIGHT`` x max(0, base retain - retain),
+  plus, with ``keyword_weight`` w > 0 (issue #12), w x max(0, keyword drop - the base model's keyword
+  drop), where the keyword drop is retain accuracy minus retain accuracy with a forget keyword
+  sentence before each retain question (the three held-out templates of ``rmu attack keywords``,
+  keywords from ``keywords`` or found in the corpora as ``--keyword-robust`` finds them), and the
+  search space gains ``keyword_robust`` in {no, yes} (the first two trials: the rule without and
+  with it);
 * constraints (feasible when <= 0, Optuna's convention): retain accuracy >= base - max_retain_drop,
   and, with general text, perplexity <= base x (1 + max_perplexity_rise).
 
@@ -36,6 +42,7 @@ seeds: mean and std, on the tuning questions and on the held-out half with ``hol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -95,6 +102,8 @@ class TuneSettings:
     storage: str | None = None
     study_name: str = "rmu-tune"
     prune: bool = True
+    keyword_weight: float = 0.0  # > 0: the objective counts the retain accuracy lost to forget keywords
+    keywords: str | None = None  # keyword file (one a line); default: found from the forget and retain corpora
 
 
 # ---- questions -------------------------------------------------------------------------------------
@@ -120,14 +129,42 @@ def _chance(tasks: Sequence[Task]) -> float:
     return sum(1 / len(q.choices) for q in questions) / max(len(questions), 1)
 
 
+def study_keywords(base: dict, settings: TuneSettings) -> list[str]:
+    """The forget keywords the keyword objective inserts: ``settings.keywords`` or those found in the
+    base configuration's corpora by ``--keyword-robust``'s rule (rmu.keywords.extract_keywords)."""
+    from rmu.data import read_corpus
+    from rmu.keywords import extract_keywords, read_keyword_file
+
+    if settings.keywords:
+        return read_keyword_file(settings.keywords)
+    config = make_config(base)
+    retain = [text for source in dict.fromkeys(config.retain) for text in read_corpus(source, config.min_len)]
+    found = [k.word for source in config.forget.values()
+             for k in extract_keywords(read_corpus(source, config.min_len), retain)]
+    if not found:
+        raise TuneError("--keyword-weight: no forget keyword found in the corpora; give --keywords FILE")
+    return list(dict.fromkeys(found))
+
+
+def keyword_tasks(retain: list[Task], keywords: list[str]) -> list[Task]:
+    """The retain questions with one forget keyword sentence before each, once per held-out template."""
+    from rmu.attacks.keywords import HELD_OUT_TEMPLATES, insert_keywords
+
+    return [dataclasses.replace(insert_keywords(task, keywords, template, seed=index), name=f"{task.name}+kw{index}")
+            for task in retain for index, template in enumerate(HELD_OUT_TEMPLATES)]
+
+
 class _Scorer:
-    """Accuracy on the forget and retain questions (and perplexity) of the model as it is now."""
+    """Accuracy on the forget and retain questions (and perplexity) of the model as it is now; with
+    ``keywords``, also on the retain questions with a forget keyword sentence before each."""
 
     def __init__(self, model, tokenizer, forget: list[Task], retain: list[Task], general_text: list[str] | None,
-                 settings: TuneSettings):
+                 settings: TuneSettings, keywords: list[str] | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.forget = [t.head(settings.limit) for t in forget]
         self.retain = [t.head(settings.limit) for t in retain]
+        self.keywords = keywords
+        self.retain_keyword = keyword_tasks(self.retain, keywords) if keywords else []
         self.general_text = general_text
         self.settings = settings
         self.chance = _chance(self.forget)
@@ -140,6 +177,8 @@ class _Scorer:
 
     def __call__(self, with_perplexity: bool = True) -> dict:
         scores = {"forget_accuracy": self._accuracy(self.forget), "retain_accuracy": self._accuracy(self.retain)}
+        if self.retain_keyword:
+            scores["retain_keyword_accuracy"] = self._accuracy(self.retain_keyword)
         if with_perplexity and self.general_text:
             scores["perplexity"] = perplexity(self.model, self.tokenizer, self.general_text,
                                               batch_size=self.settings.eval_batch_size, progress=False)
@@ -148,9 +187,17 @@ class _Scorer:
 
 # ---- the objective and the constraint -------------------------------------------------------------
 
-def objective_value(scores: dict, base: dict, chance: float) -> float:
-    return abs(scores["forget_accuracy"] - chance) + RETAIN_WEIGHT * max(0.0, base["retain_accuracy"]
-                                                                         - scores["retain_accuracy"])
+def objective_value(scores: dict, base: dict, chance: float, keyword_weight: float = 0.0) -> float:
+    value = abs(scores["forget_accuracy"] - chance) + RETAIN_WEIGHT * max(0.0, base["retain_accuracy"]
+                                                                          - scores["retain_accuracy"])
+    if keyword_weight > 0:
+        value += keyword_weight * max(0.0, keyword_drop(scores) - keyword_drop(base))
+    return value
+
+
+def keyword_drop(scores: dict) -> float:
+    """Retain accuracy lost when a forget keyword sentence comes before each retain question."""
+    return scores["retain_accuracy"] - scores["retain_keyword_accuracy"]
 
 
 def constraint_values(scores: dict, base: dict, settings: TuneSettings) -> list[float]:
@@ -222,6 +269,8 @@ class _Tuner:
             values["beta"] = scale.significant(params["coeff_ratio"], 4)
         retain_scale = min(t["retain_norm"] for t in topics) / math.sqrt(self.width)
         values["noise"] = scale.significant(params["noise_ratio"] * retain_scale) if params["noise_ratio"] > 0 else 0.0
+        if params.get("keyword_robust"):
+            values.update(keyword_robust=True, keywords=self.settings.keywords)
         return values
 
     def suggest(self, trial) -> dict:
@@ -233,6 +282,8 @@ class _Tuner:
             "lr_factor": trial.suggest_float("lr_factor", 0.2, 10.0, log=True),
             "alpha_factor": trial.suggest_float("alpha_factor", 0.1, 10.0, log=True),
             "noise_ratio": trial.suggest_float("noise_ratio", 0.0, 0.5),
+            **({"keyword_robust": trial.suggest_categorical("keyword_robust", [False, True])}
+               if self.settings.keyword_weight > 0 else {}),
         }
 
     def rule_params(self) -> dict:
@@ -240,7 +291,8 @@ class _Tuner:
         method = self.base_values.get("method", "adaptive")
         return {"method": method if method in self.settings.methods else self.settings.methods[0],
                 "layer": self.base_layer, "steps": self.max_steps, "coeff_ratio": scale.COEFF_RATIO,
-                "lr_factor": 1.0, "alpha_factor": 1.0, "noise_ratio": 0.0}
+                "lr_factor": 1.0, "alpha_factor": 1.0, "noise_ratio": 0.0,
+                **({"keyword_robust": False} if self.settings.keyword_weight > 0 else {})}
 
     def objective(self, trial) -> float:
         import optuna
@@ -258,7 +310,8 @@ class _Tuner:
             scores = self.scorer(with_perplexity=False)
             trial.set_user_attr("half_way", scores)
             # One common step (percent of the run) so the pruner compares trials of any length.
-            trial.report(objective_value(scores, self.baseline, self.scorer.chance), HALF_WAY)
+            trial.report(objective_value(scores, self.baseline, self.scorer.chance, self.settings.keyword_weight),
+                         HALF_WAY)
             if trial.should_prune():
                 _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
                 raise optuna.TrialPruned(f"pruned at step {middle}")
@@ -278,11 +331,11 @@ class _Tuner:
             self.restore()
         trial.set_user_attr("scores", scores)
         _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
-        return objective_value(scores, self.baseline, self.scorer.chance)
+        return objective_value(scores, self.baseline, self.scorer.chance, self.settings.keyword_weight)
 
 
 def _settings_of(values: dict) -> dict:
-    keys = ("method", "layer", "steps", "lr", "alpha", "steering_coeff", "beta", "noise")
+    keys = ("method", "layer", "steps", "lr", "alpha", "steering_coeff", "beta", "noise", "keyword_robust")
     return {k: values[k] for k in keys if k in values and not (k == "steering_coeff" and values["method"] != "rmu")
             and not (k == "beta" and values["method"] != "adaptive")}
 
@@ -332,7 +385,8 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         model, tokenizer = load_full_model(values["model"], values.get("dtype", "float32"),
                                            str(resolve_device(values.get("device", "auto"))),
                                            values.get("trust_remote_code", False))
-    scorer = _Scorer(model, tokenizer, forget, retain, general, settings)
+    keywords = study_keywords(values, settings) if settings.keyword_weight > 0 else None
+    scorer = _Scorer(model, tokenizer, forget, retain, general, settings, keywords)
     tuner = _Tuner(values, output, scorer, settings, progress)
 
     storage = settings.storage or f"sqlite:///{(output / STUDY_FILE).resolve()}"
@@ -349,6 +403,8 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         if saved is None:
             study.set_user_attr("fingerprint", fingerprint)
             study.enqueue_trial(tuner.rule_params())  # a new study starts from the scale rule
+            if settings.keyword_weight > 0:  # ... and the rule with --keyword-robust
+                study.enqueue_trial({**tuner.rule_params(), "keyword_robust": True})
         elif saved != fingerprint:
             changed = sorted(k for k in set(saved["base"]) | set(fingerprint["base"])
                              if saved["base"].get(k) != fingerprint["base"].get(k))
@@ -488,7 +544,8 @@ def _rerun_seeds(tuner: _Tuner, values: dict, held_out, seeds: int) -> dict:
     first = int(values.get("seed", 42))
     holdout_scorer = None
     if held_out is not None:
-        holdout_scorer = _Scorer(tuner.model, tuner.tokenizer, held_out[0], held_out[1], None, tuner.settings)
+        holdout_scorer = _Scorer(tuner.model, tuner.tokenizer, held_out[0], held_out[1], None, tuner.settings,
+                                 tuner.scorer.keywords)
         tuner.baseline_holdout = holdout_scorer(with_perplexity=False)
     runs = []
     for seed in range(first, first + seeds):
@@ -508,7 +565,7 @@ def _rerun_seeds(tuner: _Tuner, values: dict, held_out, seeds: int) -> dict:
 
 
 def _mean_std(runs: list[dict]) -> dict:
-    keys = [k for k in ("forget_accuracy", "retain_accuracy", "perplexity") if all(k in r for r in runs)]
+    keys = [k for k in _SCORES if all(k in r for r in runs)]
     return {k: {"mean": statistics.fmean(r[k] for r in runs),
                 "std": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
 
@@ -571,8 +628,8 @@ class TuneStudy(Experiment):
                      *_score_cells(t.get("scores") or {}), t.get("value"),
                      None if not t.get("constraints") else "yes" if all(c <= 0 for c in t["constraints"]) else "no",
                      t.get("health")] for t in records]
-            tables.append(Table(["trial", "state", *_SETTING_COLUMNS, "forget acc", "retain acc", "perplexity",
-                                 "objective", "feasible", "health"], rows, "Trials"))
+            tables.append(Table(["trial", "state", *_SETTING_COLUMNS, "forget acc", "retain acc",
+                                 "retain acc, keyword", "perplexity", "objective", "feasible", "health"], rows, "Trials"))
         best = data.get("best")
         if best is not None:
             label = "best" if data.get("feasible") else "least violating (no trial met the constraint)"
@@ -584,7 +641,8 @@ class TuneStudy(Experiment):
                     rows.append([f"{name}, {len(seeds['runs'])} seed(s)", best["number"], *[None] * len(_SETTING_COLUMNS),
                                  *[f"{block[k]['mean']:.3f} +- {block[k]['std']:.3f}" if k in block else None
                                    for k in _SCORES]])
-            tables.append(Table(["", "trial", *_SETTING_COLUMNS, "forget acc", "retain acc", "perplexity"], rows,
+            tables.append(Table(["", "trial", *_SETTING_COLUMNS, "forget acc", "retain acc", "retain acc, keyword",
+                                 "perplexity"], rows,
                                 "Best settings"))
         return tables
 
@@ -617,8 +675,8 @@ class TuneStudy(Experiment):
         return lines
 
 
-_SETTING_COLUMNS = ["method", "layer", "steps", "lr", "alpha", "c or beta", "noise"]
-_SCORES = ("forget_accuracy", "retain_accuracy", "perplexity")
+_SETTING_COLUMNS = ["method", "layer", "steps", "lr", "alpha", "c or beta", "noise", "keyword-robust"]
+_SCORES = ("forget_accuracy", "retain_accuracy", "retain_keyword_accuracy", "perplexity")
 
 
 def _settings_cells(settings: dict) -> list:
@@ -627,7 +685,8 @@ def _settings_cells(settings: dict) -> list:
 
     coefficient = settings.get("steering_coeff", settings.get("beta"))
     return [settings.get("method"), settings.get("layer"), settings.get("steps"), text(settings.get("lr")),
-            text(settings.get("alpha")), text(coefficient), text(settings.get("noise"))]
+            text(settings.get("alpha")), text(coefficient), text(settings.get("noise")),
+            "yes" if settings.get("keyword_robust") else None]
 
 
 def _score_cells(scores: dict) -> list:

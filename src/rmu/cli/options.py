@@ -11,6 +11,8 @@ from __future__ import annotations
 import click
 
 from rmu.config import ConfigError, load_yaml, make_config, parse_topic_sources
+from rmu.experiments.values import parse_floats as _parse_floats
+from rmu.experiments.values import parse_int_range as _parse_int_range
 
 PER_TOPIC = "one value for all forget topics, or a comma-separated list, one per topic"
 
@@ -149,3 +151,23 @@ def run_values(config_file, forget, retain, flags: dict) -> dict:
         raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
     make_config(values)
     return values
+
+
+def collect_base(config_file, forget, retain, flags: dict) -> dict:
+    """The values of every run: ``--config``'s YAML, the corpora, and the run options in ``flags``."""
+    return run_values(config_file, forget, retain, {k: flags.get(k) for k in SWEEP_RUN_OPTIONS if k != "config_file"})
+
+
+def parse_int_range(text: str) -> list[int]:
+    """'3,6,9' -> [3, 6, 9]; '3-15' -> 3..15; '3-15:3' -> 3, 6, 9, 12, 15 (a bad text: click.BadParameter)."""
+    try:
+        return _parse_int_range(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def parse_floats(text: str) -> list[float]:
+    try:
+        return _parse_floats(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None

@@ -9,30 +9,9 @@ from __future__ import annotations
 import click
 
 from rmu.cli.experiments import settings_from_options, settings_options
-from rmu.cli.options import MANY_RUNS, SWEEP_RUN_OPTIONS, run_options, run_values
+from rmu.cli.options import MANY_RUNS, SWEEP_RUN_OPTIONS, collect_base, run_options
+from rmu.cli.options import parse_floats, parse_int_range  # noqa: F401  (their old home, still importable)
 from rmu.experiments.values import SCORINGS  # noqa: F401  (the command line's scorings, kept importable here)
-from rmu.experiments.values import parse_floats as _parse_floats
-from rmu.experiments.values import parse_int_range as _parse_int_range
-
-
-def parse_int_range(text: str) -> list[int]:
-    """'3,6,9' -> [3, 6, 9]; '3-15' -> 3..15; '3-15:3' -> 3, 6, 9, 12, 15 (a bad text: click.BadParameter)."""
-    try:
-        return _parse_int_range(text)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
-def parse_floats(text: str) -> list[float]:
-    try:
-        return _parse_floats(text)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
-def collect_base(config_file, forget, retain, flags: dict) -> dict:
-    """The values of every run: ``--config``'s YAML, the corpora, and the run options in ``flags``."""
-    return run_values(config_file, forget, retain, {k: flags.get(k) for k in SWEEP_RUN_OPTIONS if k != "config_file"})
 
 
 def sweep_command(experiment, name: str) -> click.Command:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from rmu.cli.options import MANY_RUNS, run_options
-from rmu.cli.sweep import SCORINGS, collect_base, parse_int_range
+from rmu.cli.options import collect_base, parse_int_range
+from rmu.experiments.values import SCORINGS
 
 # The run options a study fixes for every trial (it draws method, layer, steps, lr, alpha, c or beta, noise).
 _FIXED = ("batch_size", "max_len", "retain_max_len", "min_len", "seed", "mask_padding", "mask_first_token", "dtype",
@@ -44,6 +45,11 @@ _AS_A_STUDY = {
 @click.option("--layers", "layers_text", help="Candidate steered layers (3,6,9 or 3-9); default l-2, l, l+2.")
 @click.option("--methods", default="rmu,adaptive", show_default=True, help="rmu, adaptive or both.")
 @click.option("--no-pruning", is_flag=True, help="Run every trial to the end.")
+@click.option("--keyword-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Also count, with this weight, the retain accuracy lost when a forget keyword sentence comes "
+                   "before each retain question (beyond the base model's loss); trials may use --keyword-robust.")
+@click.option("--keywords", "keywords_file", type=click.Path(exists=True, dir_okay=False),
+              help="Forget keywords, one a line, for --keyword-weight (default: found in the corpora).")
 @run_options("steps", "layer", "method", *_FIXED, changes=_AS_A_STUDY)
 @click.option("--scoring", type=click.Choice(SCORINGS), default="cloze", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions of each file.")
@@ -52,7 +58,8 @@ _AS_A_STUDY = {
               help="Folder of the study: study.db, trials.json, best.yaml, pareto.png, summary.json.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, forget_tasks, retain_tasks, general_text, trials, timeout, max_retain_drop,
-            max_perplexity_rise, storage, study_name, seeds, holdout, layers_text, methods, no_pruning, scoring, limit,
+            max_perplexity_rise, storage, study_name, seeds, holdout, layers_text, methods, no_pruning, keyword_weight,
+            keywords_file, scoring, limit,
             eval_batch_size, output, quiet, layer, method, **flags):
     """Search unlearning settings that forget the topic and keep the rest (Optuna, resumable)."""
     from rmu.tune import TuneSettings, TuneStudy, tune
@@ -66,7 +73,7 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
         seeds=seeds, layers=tuple(parse_int_range(layers_text)) if layers_text else None,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), scoring=scoring, limit=limit,
         eval_batch_size=eval_batch_size, holdout=holdout, storage=storage, study_name=study_name,
-        prune=not no_pruning)
+        prune=not no_pruning, keyword_weight=keyword_weight, keywords=keywords_file)
     summary = tune(base, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, general_text=general_text,
                    settings=settings, progress=not quiet)
     for line in TuneStudy().summary(summary):
