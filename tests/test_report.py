@@ -178,3 +178,23 @@ def test_report_of_a_tuning_study_old_and_new(workspace, tmp_path):
     old = {k: v for k, v in summary.items() if k not in ("kind", "settings")}
     (out / "summary.json").write_text(json.dumps(old))
     assert table_rows(report_page(out, tmp_path / "old"), "| trial | state | method") == rows
+
+
+def test_figures_are_drawn_from_the_data_when_the_folder_has_none(run_folder, workspace, tmp_path):
+    from matplotlib.image import imread
+
+    # A run folder has no figure of its own: the report draws the convergence figure from run.json.
+    paths = build_report([run_folder], tmp_path / "run_report")
+    assert "![convergence](figures/0_convergence.png)" in paths["markdown"].read_text()
+    assert imread(tmp_path / "run_report" / "figures" / "0_convergence.png").shape[0] > 100
+    assert paths["html"].read_text().count("data:image/png;base64,") == 1
+    # An analysis written with --no-plot: its figure comes back in the report, drawn from its JSON.
+    out = tmp_path / "norms"
+    result = CliRunner().invoke(main, ["analyze", "token-norms", "--model", f"base={workspace / 'model'}", "--texts",
+                                       str(workspace / "bio.jsonl"), "--batches", "1", "--no-plot", "--quiet",
+                                       "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not list(out.glob("*.png"))
+    markdown = build_report([out], tmp_path / "norms_report")["markdown"].read_text()
+    assert "![token_norms](figures/0_token_norms.png)" in markdown
+    assert (tmp_path / "norms_report" / "figures" / "0_token_norms.png").stat().st_size > 0

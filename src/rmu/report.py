@@ -17,6 +17,7 @@ from typing import Sequence
 
 from rmu.experiments.base import ExperimentError, Section
 from rmu.outputs import writes_folder
+from rmu.plots import save_figure
 
 def _fmt(value) -> str:
     if value is None:
@@ -54,14 +55,14 @@ def _markdown(sections: list[Section], title: str, figure_dir: Path, base: Path)
     return "\n".join(out) + "\n"
 
 
-def _html(sections: list[Section], title: str) -> str:
+def _html(sections: list[Section], title: str, figure_dir: Path) -> str:
     e = html.escape
     out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
            "pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:12px}img{max-width:100%}</style>",
            "</head><body>", f"<h1>{e(title)}</h1>"]
-    for section in sections:
+    for index, section in enumerate(sections):
         out += [f"<h2>{e(section.title)}</h2>", f"<p>Folder: <code>{e(str(section.folder))}</code></p>",
                 "<details><summary>Configuration</summary><pre>",
                 e(json.dumps(section.settings, indent=2, default=str)), "</pre></details>"]
@@ -73,7 +74,7 @@ def _html(sections: list[Section], title: str) -> str:
         if section.notes:
             out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in section.notes) + "</ul>")
         for figure in section.figures:
-            encoded = base64.b64encode(figure.read_bytes()).decode("ascii")
+            encoded = base64.b64encode((figure_dir / f"{index}_{figure.name}").read_bytes()).decode("ascii")
             out.append(f"<figure><img alt='{e(figure.stem)}' src='data:image/png;base64,{encoded}'>"
                        f"<figcaption>{e(figure.name)}</figcaption></figure>")
     out.append("</body></html>")
@@ -97,8 +98,12 @@ def build_report(folders: Sequence[str | Path], output: str | Path, title: str =
     for index, section in enumerate(sections):
         for figure in section.figures:
             shutil.copyfile(figure, figure_dir / f"{index}_{figure.name}")
+        for name, drawn in section.drawn.items():  # drawn from the data: saved beside the copies
+            save_figure(drawn, figure_dir / f"{index}_{name}")
+            section.figures.append(Path(name))
+        section.drawn = {}
     markdown = output / "report.md"
     markdown.write_text(_markdown(sections, title, figure_dir, output), encoding="utf-8")
     page = output / "report.html"
-    page.write_text(_html(sections, title), encoding="utf-8")
+    page.write_text(_html(sections, title, figure_dir), encoding="utf-8")
     return {"html": page, "markdown": markdown}

@@ -48,7 +48,11 @@ def _run_order(path: Path):
 
 def run_series(path: str | Path) -> dict:
     """One run's per-topic series: steps, forget_norm, frozen_forget_norm, coeff; plus a summary."""
-    run = read_json(path)
+    return series_of(read_json(path), path)
+
+
+def series_of(run: dict, path: str | Path = RUN_FILE) -> dict:
+    """:func:`run_series` of a run.json already read (``path`` names it in messages and the result)."""
     steps = run.get("steps")
     if not isinstance(steps, list) or not steps:
         raise AnalysisError(f"{path} holds no per-step records ('steps'); is it a run.json of rmu unlearn?")

@@ -168,6 +168,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
+    drawn: dict[str, Any] = field(default_factory=dict)  # figures drawn from the data (the folder had none)
 
 
 class Experiment:
@@ -208,9 +209,11 @@ class Experiment:
         return []
 
     def section(self, folder: Path, data: dict) -> Section:
-        """The report's section: settings, tables and notes from the data; the folder's PNG figures."""
+        """The report's section: settings, tables and notes from the data; the folder's PNG figures, or
+        when it has none (written with ``--no-plot``, or a run folder), the figures drawn from the data."""
+        figures = sorted(folder.glob("*.png"))
         return Section(f"{self.title}: {folder.name}", folder, data.get("settings", {}), self.tables(data),
-                       self.notes(data), sorted(folder.glob("*.png")))
+                       self.notes(data), figures, {} if figures else self.figures(data))
 
     # -- running and saving -----------------------------------------------------------------------
 

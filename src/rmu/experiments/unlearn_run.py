@@ -2,8 +2,9 @@
 
 Not computed here (the engine writes it, :mod:`rmu.engine`); registered like any experiment so
 that ``rmu report`` renders a run folder from its own data: the step log (a dozen rows spread over
-the run) and, as notes, the run's health report and the scale calibration when ``--auto`` was
-given.
+the run), the convergence figure (the layer-l forget norm against the step, the coefficient as a
+line: :func:`rmu.plots.plot_norms`) and, as notes, the run's health report and the scale calibration
+when ``--auto`` was given.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ class UnlearnRun(Experiment):
         section = super().section(folder, data)
         section.settings = data.get("config", {})
         return section
+
+    def figures(self, data: dict) -> dict:
+        from rmu.analysis.norms import series_of
+        from rmu.plots import plot_norms
+
+        steps = data.get("steps") or []
+        if not steps or not {"forget_norm", "coeff"} <= set(steps[0]):
+            return {}
+        return {"convergence.png": plot_norms({"runs": [series_of(data)]})}
 
     def tables(self, data: dict) -> list[Table]:
         tables = []
