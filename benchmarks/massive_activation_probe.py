@@ -20,6 +20,10 @@ section 4 ("Why Gemma 3 270M does not forget"), on the first forget/retain docum
   target ``dense`` = c u with c = ratio x N and the engine's u (seed 42), ``keep`` = the massive
   dimensions kept at their mean, the rest ratio x (norm without them) along u's other entries;
   dims ``all`` (the engine's losses) or ``rest`` (both losses on the non-massive dimensions only).
+* ``keep-vector --output FILE``: a control_vectors.safetensors for ``rmu unlearn --method rmu
+  --control-vectors FILE --steering-coeff C`` whose target C u keeps the layer's massive dimensions at
+  their mean over 16 forget documents and points the rest along the engine's u (its other entries) with
+  length 2 x the norm without them; prints C. (The "keeps the massive dimensions" rows of docs/tuning.md.)
 """
 
 from __future__ import annotations
@@ -190,15 +194,36 @@ def optimise(model, tokenizer, paths, topic, layer, trials, steps):
         }), flush=True)
 
 
+def keep_vector(model, tokenizer, paths, topic, layer, output):
+    from safetensors.torch import save_file
+
+    batch, real = encode(tokenizer, paths["forget_corpus"], 16)
+    with torch.no_grad():
+        states = model(**batch, output_hidden_states=True, use_cache=False).hidden_states[layer + 1].float()
+    found = massive_activations(states, real)
+    massive = torch.zeros(states.shape[-1], dtype=torch.bool)
+    massive[found.dims] = True
+    u = rules.random_control_vectors([topic], states.shape[-1], SEED)[topic]
+    rest = u.clone()
+    rest[massive] = 0
+    target = 2.0 * found.other_norm * rest / rest.norm()
+    target[massive] = states[real][:, massive].mean(0)
+    coefficient = float(target.norm())
+    save_file({topic: (target / coefficient).contiguous()}, output)
+    print(json.dumps({"massive_dims": found.dims, "norm_without": round(found.other_norm, 1),
+                      "steering_coeff": round(coefficient, 1), "output": output}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=["profile", "reach", "optimise"])
+    parser.add_argument("probe", choices=["profile", "reach", "optimise", "keep-vector"])
     parser.add_argument("--model", choices=list(DEMO_MODELS), required=True)
     parser.add_argument("--topic", choices=list(TOPICS), required=True)
     parser.add_argument("--data", default=None, help="Folder for the topic's files (default: a temporary one).")
     parser.add_argument("--layer", type=int, default=7)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--trial", action="append", default=[], help="optimise: label:params:lr:target:alpha:dims")
+    parser.add_argument("--output", default=None, help="keep-vector: the safetensors file to write")
     args = parser.parse_args()
     import tempfile
     from pathlib import Path
@@ -209,6 +234,10 @@ def main() -> None:
     model.eval()
     if args.probe == "profile":
         profile(model, tokenizer, paths)
+    elif args.probe == "keep-vector":
+        if not args.output:
+            parser.error("keep-vector needs --output FILE")
+        keep_vector(model, tokenizer, paths, demo_topic(args.topic).forget_name, args.layer, args.output)
     elif args.probe == "reach":
         reach(model, tokenizer, paths, demo_topic(args.topic).forget_name)
     else:
