@@ -44,12 +44,16 @@ from rmu.scale import massive_activations
 SEED, MAX_LEN = 42, 128
 
 
+KEEP_FIRST_TOKEN = False  # --keep-first-token: count each row's first token (as runs without --mask-first-token)
+
+
 def encode(tokenizer, path, count):
     """The first ``count`` documents of a jsonl corpus, and the mask of their real tokens but the first."""
     docs = [json.loads(line)["text"] for line in open(path, encoding="utf-8")][:count]
     batch = tokenizer(docs, return_tensors="pt", padding=True, truncation=True, max_length=MAX_LEN)
     real = batch.attention_mask.bool()
-    real[torch.arange(real.shape[0]), real.int().argmax(1)] = False
+    if not KEEP_FIRST_TOKEN:
+        real[torch.arange(real.shape[0]), real.int().argmax(1)] = False
     return batch, real
 
 
@@ -224,7 +228,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--trial", action="append", default=[], help="optimise: label:params:lr:target:alpha:dims")
     parser.add_argument("--output", default=None, help="keep-vector: the safetensors file to write")
+    parser.add_argument("--keep-first-token", action="store_true", help="profile: count each row's first token too")
     args = parser.parse_args()
+    global KEEP_FIRST_TOKEN
+    KEEP_FIRST_TOKEN = args.keep_first_token
     import tempfile
     from pathlib import Path
 

@@ -24,7 +24,7 @@ logged on the ``rmu.health`` logger (stderr by default) and kept in run.json und
   (neither when the coefficient is too large: the distance is then dominated by c);
 * ``retain-drift``: retain drift > ``DRIFT_HIGH`` of the norm -> raise --alpha or lower --lr;
 * ``massive-activations``: a few dimensions (``rmu.scale.massive_activations``) hold more than
-  ``MASSIVE_SHARE_HIGH`` of the frozen forget states' |h|^2. The coefficient, the distance and the
+  ``MASSIVE_SHARE_HIGH`` (90%) of the frozen forget states' |h|^2. The coefficient, the distance and the
   progress then measure those dimensions, not the text's content, and the lr advice above is
   replaced: in Gemma 3 270M (98% in 6 dimensions at layer 7) a 10x lr moved the states less and
   cost retain accuracy (docs/tuning.md, section 4).
@@ -51,7 +51,7 @@ COEFF_LOW = 0.5  # coefficient / layer norm below this (RMU): the target is insi
 PROGRESS_LOW = 0.1  # fraction of the way to the target below this: the representations did not move
 PROGRESS_PARTIAL = 0.5  # below this: they moved, but stopped far short of the target
 DRIFT_HIGH = 0.2  # retain drift above this fraction of the retain norm: the model is likely damaged
-MASSIVE_SHARE_HIGH = 0.9  # massive dimensions' share of |h|^2 above this: the norms measure them, not the text
+MASSIVE_SHARE_HIGH = 0.9  # massive share above this: the norms measure those dimensions (Gemma 3 layer 7: 98-99%; SmolLM2: 56-79%)
 
 
 @dataclass
