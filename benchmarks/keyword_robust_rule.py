@@ -5,7 +5,7 @@
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/keyword_robust_rule.py OUTPUT [VARIANT ...]
 
-Variants: rmu-rule, rmu-rule+kr, adaptive-rule, adaptive-rule+kr, rmu-rule-alpha300+kr (the rule's
+Variants: rmu-rule, rmu-rule+kr, adaptive-rule, adaptive-rule+kr, rmu-rule-alpha300(+kr) (the rule's
 lr and c, the demo's alpha 300) (default: rmu-rule, rmu-rule+kr). Each
 writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
 (the rule's measurements and chosen lr, alpha and coefficient).
@@ -26,6 +26,7 @@ VARIANTS = {
     "adaptive-rule": {"method": "adaptive"} | RULE,
     "adaptive-rule+kr": {"method": "adaptive", "keyword_robust": True} | RULE,
     # the rule's lr and c with the demo's alpha (300): is the rule's larger alpha what costs forgetting?
+    "rmu-rule-alpha300": {"method": "rmu", "auto": ["lr", "coeff"]},
     "rmu-rule-alpha300+kr": {"method": "rmu", "keyword_robust": True, "auto": ["lr", "coeff"]},
 }
 
