@@ -103,7 +103,7 @@ class HealthReport:
             out[-1] += (f"forget |h| {t.forget_norm:.4g} vs c {t.coefficient:.4g} (layer norm "
                         f"{t.frozen_forget_norm:.4g}), cos(h, u) {t.frozen_cosine_with_u:.2f} -> {t.cosine_with_u:.2f}, "
                         f"{t.progress:.0%} of the way to c*u; retain drift {t.retain_drift:.1%} of its norm; "
-                        f"{t.massive_share:.0%} of |h|^2 in massive dimensions (norm without them "
+                        f"{t.massive_share:.1%} of |h|^2 in massive dimensions (norm without them "
                         f"{t.informative_norm:.4g})")
         out += [f"  warning: {w['message']}" for w in self.warnings]
         return out
@@ -210,7 +210,7 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
         massive = t.massive_share > MASSIVE_SHARE_HIGH
         if massive:
             warn("massive-activations", t.topic,
-                 f"a few dimensions hold {t.massive_share:.0%} of the layer's |h|^2 (massive activations; norm "
+                 f"a few dimensions hold {t.massive_share:.1%} of the layer's |h|^2 (massive activations; norm "
                  f"{t.frozen_forget_norm:.4g}, {t.informative_norm:.4g} without them): the coefficient and the "
                  f"progress measure those dimensions, and raising --lr did not help on such a model "
                  f"(docs/tuning.md, section 4); judge the run by its accuracy")
