@@ -16,7 +16,10 @@ method (every method starts from the base weights). One model is loaded once.
 Writes ``OUTPUT/results.json`` (``results.partial.json`` while running): the base and each
 method's scores per half, the settings the rule chose, the calibration, the health report, minutes.
 ``--lr X`` replaces only the rule's lr (alpha and the coefficient still calibrated): the rows of
-docs/tuning.md that follow the health report's advice ("raise --lr about 3x").
+docs/tuning.md that follow the health report's advice ("raise --lr about 3x"). ``--beta`` /
+``--steering-coeff`` replace the rule's coefficient the same way (lr and alpha still calibrated for
+it); ``--params``, ``--mask-first-token``, ``--layer`` and ``--steps`` change the run as the
+``rmu unlearn`` options of those names do; ``--skip-base`` scores only the unlearned models.
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="A fixed lr instead of the rule's (alpha and the coefficient still calibrated), "
                              "e.g. to follow the health report's advice.")
+    parser.add_argument("--beta", type=float, default=None, help="Adaptive RMU: a fixed beta instead of the rule's.")
+    parser.add_argument("--steering-coeff", type=float, default=None, help="RMU: a fixed c instead of the rule's.")
+    parser.add_argument("--params", default="mlp-out", help="Weights trained, as rmu unlearn --params (default mlp-out).")
+    parser.add_argument("--mask-first-token", action="store_true", help="Drop each row's first token from the losses.")
+    parser.add_argument("--layer", type=int, default=DEFAULT.layer)
+    parser.add_argument("--steps", type=int, default=DEFAULT.steps)
+    parser.add_argument("--control-vectors", default=None, help="A control_vectors.safetensors to use, as rmu unlearn's.")
+    parser.add_argument("--skip-base", action="store_true", help="Do not score the base model.")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -79,25 +90,33 @@ def main() -> None:
                              for half, task in zip(("tuning", "held_out"), pair)},
                "runs": {}}
     partial = output / "results.partial.json"
-    print("scoring the base model ...", flush=True)
-    started = time.perf_counter()
-    results["runs"]["base"] = {"scores": score(model, tokenizer, halves, general_text),
-                               "minutes": round((time.perf_counter() - started) / 60, 1)}
-    partial.write_text(json.dumps(results, indent=2))
+    if not args.skip_base:
+        print("scoring the base model ...", flush=True)
+        started = time.perf_counter()
+        results["runs"]["base"] = {"scores": score(model, tokenizer, halves, general_text),
+                                   "minutes": round((time.perf_counter() - started) / 60, 1)}
+        partial.write_text(json.dumps(results, indent=2))
     for method in methods:
-        print(f"unlearning with {method}, --auto {'alpha,coeff, lr ' + str(args.lr) if args.lr else 'all'} ...",
-              flush=True)
+        fixed = {"lr": args.lr, "beta": args.beta if method == "adaptive" else None,
+                 "steering_coeff": args.steering_coeff if method == "rmu" else None}
+        fixed = {key: value for key, value in fixed.items() if value is not None}
+        auto = [name for name, key in (("lr", "lr"), ("alpha", "alpha"), ("coeff", "beta" if method == "adaptive"
+                else "steering_coeff")) if key not in fixed]
+        print(f"unlearning with {method}, --auto {','.join(auto)}, fixed {fixed} ...", flush=True)
         started = time.perf_counter()
         config = make_config(dict(
             model=str(model_dir), forget={topic.forget_name: str(paths["forget_corpus"])},
-            retain=[str(paths["retain_corpus"])], method=method, **DEFAULT.run_options(),
-            auto=["alpha", "coeff"] + ([] if args.lr else ["lr"]), **({"lr": args.lr} if args.lr else {})))
+            retain=[str(paths["retain_corpus"])], method=method,
+            **dict(DEFAULT.run_options(), layer=args.layer, steps=args.steps),
+            mask_first_token=args.mask_first_token, params=args.params.split(","),
+            control_vectors=args.control_vectors, auto=auto, **fixed))
         result = unlearn(config, model=model, tokenizer=tokenizer, progress=True)
         scores = score(model, tokenizer, halves, general_text)
         used = result.config
-        results["runs"][f"rule-{method}" + (f"-lr{args.lr:g}" if args.lr else "")] = {
+        results["runs"][f"rule-{method}" + "".join(f"-{key}{value:g}" for key, value in fixed.items())] = {
             "scores": scores,
             "settings": {"lr": used.lr, "alpha": used.alpha, "beta": used.beta, "steering_coeff": used.steering_coeff,
+                         "params": used.params, "mask_first_token": used.mask_first_token, "layer": used.layer,
                          "coefficients": result.coefficients, "steps_run": len(result.records)},
             "calibration": result.calibration, "health": result.health,
             "unlearn_seconds": round(result.seconds, 1),

@@ -127,3 +127,49 @@ def test_auto_rejects_unknown_settings(corpora):
 
     with pytest.raises(ConfigError, match="auto"):
         make_config(options(corpora, auto="lr,momentum"))
+
+
+# ---- massive activations -------------------------------------------------------------------------
+
+def test_massive_activations_finds_the_planted_dimensions():
+    import torch
+
+    hidden = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    hidden[..., 3] += 200.0  # a large, nearly constant value at every token, as in Gemma 3
+    real = torch.ones(2, 5, dtype=torch.bool)
+    real[1, 4] = False  # a pad: not counted
+    found = scale.massive_activations(hidden, real)
+    assert found.dims == [3]
+    assert found.share > 0.99
+    others = [d for d in range(16) if d != 3]
+    assert found.other_norm == pytest.approx(float(hidden[real][:, others].norm(dim=-1).mean()), rel=1e-5)
+    plain = scale.massive_activations(torch.randn(2, 5, 16), real)
+    assert plain.dims == [] and plain.share == 0.0
+
+
+def test_probe_step_follows_the_smallest_trained_tensor():
+    import torch
+
+    small, large = torch.full((4, 4), 0.02), torch.full((4,), 30.0)
+    assert scale.probe_step([small, large], 1e-3) == pytest.approx(2e-5)
+    assert scale.probe_step([large], 1e-3) == pytest.approx(3e-2)
+
+
+def test_massive_activation_warning_replaces_the_lr_advice(corpora):
+    import torch
+
+    model, tokenizer = tiny_model("llama", num_layers=4)
+    with torch.no_grad():  # plant a massive dimension: every token's embedding carries 300 in dimension 5
+        model.get_input_embeddings().weight[:, 5] = 300.0
+    config = make_config(options(corpora, lr=1e-7, steering_coeff=0.5, auto="coeff"))
+    result = unlearn(config, model=model, tokenizer=tokenizer, progress=False)
+    topic = result.health["topics"][0]
+    assert topic["massive_share"] > 0.9 and topic["informative_norm"] < 0.1 * topic["frozen_forget_norm"]
+    assert codes(result) == {"massive-activations", "forget-did-not-move"}
+    messages = " ".join(w["message"] for w in result.health["warnings"])
+    assert "raise --lr" not in messages and "massive activations" in messages
+    calibrated = result.calibration["topics"][0]
+    assert calibrated["massive_dims"] == [5] and calibrated["massive_share"] > 0.9
+    # without the planted dimension the same run gives the lr advice and no massive-activation warning
+    plain = run(tiny_model("llama", num_layers=4), corpora, lr=1e-7, steering_coeff=0.5)
+    assert "massive-activations" not in codes(plain) and plain.health["topics"][0]["massive_share"] < 0.9

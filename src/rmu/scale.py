@@ -26,6 +26,16 @@ settings must follow the scale, and how (docs/tuning.md has the long form):
   (gradient signs that flip shrink m / sqrt(v)) and the approach slows as h turns. (The demo's
   hand-found lr 3e-3 on SmolLM2 corresponds to ``REACH`` ~ 3.1; the rule gives 2.0e-3 there.)
 
+Massive activations. In some models a few hidden dimensions carry huge, nearly constant values at
+every token (Sun et al. 2024, "Massive activations in large language models"). Then the layer's
+norm N, and with it c, D and the lr rule's first-step approach, measure those few dimensions, not
+the token-dependent rest that carries what the model knows about the text. Gemma 3 270M at layer 7:
+6 of 640 dimensions hold 98% of |h|^2 (one alone ~93%); the norm without them is ~735 against N ~5,500.
+The calibration records them (:func:`massive_activations`: dimensions whose mean square over the
+batch's tokens exceeds ``MASSIVE_FACTOR`` x the median dimension's; their share of |h|^2; the norm
+without them) and the health report warns when they dominate (docs/tuning.md, section 4, has the
+measurements and why the rule's settings then miss).
+
 The calibration costs, per topic, one frozen pass of layers 0..l on a forget and a retain batch,
 one forward+backward and one forward of the updated layers. Enabled per setting by
 ``UnlearnConfig.auto`` (``--auto lr,alpha,coeff`` or ``--auto all``); the measured values and the
@@ -45,6 +55,7 @@ REACH = 2.0  # first-step approach rates per run, in units of the distance to th
 EPS_RELATIVE = 1e-3  # finite-difference step, relative to the trained weights' RMS (float32)
 EPS_RELATIVE_HALF = 3e-2  # in bfloat16/float16 a smaller step would round away
 AUTO_SETTINGS = ("lr", "alpha", "coeff")
+MASSIVE_FACTOR = 100.0  # a dimension is "massive" when its mean square exceeds this x the median dimension's
 
 
 class CalibrationError(RuntimeError):
@@ -62,6 +73,40 @@ class TopicScale:
     approach: float  # mean per-token decrease of |h - c u| per unit lr of the same step
     lr: float  # the rule's lr for this topic
     alpha: float  # the rule's alpha for this topic
+    massive_dims: list[int]  # the forget states' massive dimensions (see massive_activations)
+    massive_share: float  # their share of the mean |h|^2
+    informative_norm: float  # mean per-token norm of h without them
+
+
+@dataclass
+class MassiveActivations:
+    dims: list[int]  # indices of the massive dimensions
+    share: float  # their fraction of sum |h|^2 over the tokens
+    other_norm: float  # mean per-token norm of h over the remaining dimensions
+
+
+def massive_activations(hidden: torch.Tensor, real: torch.Tensor) -> MassiveActivations:
+    """The dimensions of ``hidden`` (batch, tokens, d) whose mean square over the ``real`` tokens is
+    more than ``MASSIVE_FACTOR`` x the median dimension's, their share of |h|^2, and the rest's norm."""
+    tokens = hidden.detach().float()[real]
+    if tokens.shape[0] == 0:
+        return MassiveActivations([], 0.0, 0.0)
+    mean_square = tokens.pow(2).mean(dim=0)
+    massive = mean_square > MASSIVE_FACTOR * mean_square.median()
+    share = float(mean_square[massive].sum() / mean_square.sum().clamp_min(1e-30))
+    return MassiveActivations(massive.nonzero().flatten().tolist(), share,
+                              float(tokens[:, ~massive].norm(dim=-1).mean()))
+
+
+def probe_step(parameters: list[torch.Tensor], relative: float) -> float:
+    """The finite-difference step: ``relative`` x the RMS of the *smallest* trained tensor.
+
+    One step size for all tensors (Adam's first step is lr x sign for every weight alike); taken
+    from the smallest so that no tensor is moved by more than ``relative`` of its own scale, which
+    keeps the difference linear when small and large tensors are trained together (``--params
+    layer``: norm weights of RMS ~30 next to projections of RMS ~0.02 in Gemma 3).
+    """
+    return relative * min(float(p.detach().float().pow(2).mean().sqrt()) for p in parameters)
 
 
 def significant(value: float, digits: int = 3) -> float:
@@ -83,8 +128,7 @@ def _response(runner, trained: dict[str, torch.nn.Parameter], frozen, target: to
         before = runner.stack(frozen.hidden_in, frozen.calls)
         gradients = torch.autograd.grad(masked_mse(before, target, mask), parameters)
     half = any(p.dtype != torch.float32 for p in parameters)
-    rms = torch.stack([p.detach().float().pow(2).mean() for p in parameters]).mean().sqrt()
-    eps = float(rms) * (EPS_RELATIVE_HALF if half else EPS_RELATIVE)
+    eps = probe_step(parameters, EPS_RELATIVE_HALF if half else EPS_RELATIVE)
     saved = [p.detach().clone() for p in parameters]
     with torch.no_grad():
         try:
@@ -126,6 +170,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
         frozen = runner.frozen(forget)
         original = frozen.output.float()
         forget_norm = float(original.norm(dim=-1)[forget_real].mean())
+        massive = massive_activations(original, forget_real)
         retain_norm = float(runner.frozen(retain).output.float().norm(dim=-1)[retain_real].mean())
         if config.method == "adaptive":
             coefficient = rules.first_batch_coefficient(betas[index], original, forget_mask)
@@ -144,6 +189,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
             distance=distance, response=response, approach=approach,
             lr=significant(REACH * distance / (topic_steps * max(approach, 1e-30))),
             alpha=significant(distance / (RETAIN_BALANCE * max(retain_norm, 1e-30))),
+            massive_dims=massive.dims, massive_share=massive.share, informative_norm=massive.other_norm,
         ))
     updates: dict = {}
     if "lr" in auto:
@@ -155,7 +201,8 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
             coefficients if config.method == "rmu" else betas)
     calibration = {
         "auto": sorted(auto),
-        "rule": {"coeff_ratio": COEFF_RATIO, "retain_balance": RETAIN_BALANCE, "reach": REACH},
+        "rule": {"coeff_ratio": COEFF_RATIO, "retain_balance": RETAIN_BALANCE, "reach": REACH,
+                 "massive_factor": MASSIVE_FACTOR},
         "topics": [{k: significant(v, 5) if isinstance(v, float) else v for k, v in asdict(t).items()}
                    for t in topics],
         "chosen": updates,
