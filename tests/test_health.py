@@ -13,7 +13,7 @@ from rmu import scale
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.config import make_config
 from rmu.engine import unlearn
-from rmu.testing import save_tiny_model
+from rmu.testing import save_tiny_model, tiny_model
 
 
 @pytest.fixture(scope="module")
