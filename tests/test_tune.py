@@ -186,3 +186,13 @@ def test_a_study_with_a_keyword_weight_tries_keyword_robust_and_scores_the_keywo
     report = CliRunner().invoke(main, ["report", str(out), "--output", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
     assert "retain acc, keyword" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_trial_is_stopped_half_way_only_when_its_retain_accuracy_is_already_hopeless():
+    from rmu.tune import hopeless
+
+    base = {"forget_accuracy": 0.9, "retain_accuracy": 0.85}
+    settings = TuneSettings(max_retain_drop=0.05)
+    assert not hopeless({"forget_accuracy": 0.9, "retain_accuracy": 0.80}, base, settings)  # forgetting may come late
+    assert not hopeless({"forget_accuracy": 0.9, "retain_accuracy": 0.76}, base, settings)  # within 2 drops
+    assert hopeless({"forget_accuracy": 0.25, "retain_accuracy": 0.74}, base, settings)
