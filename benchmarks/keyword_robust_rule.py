@@ -1,7 +1,7 @@
 """Issue #12 with the scale rule: RMU (and Adaptive RMU) ``--keyword-robust`` on the demo benchmark
 (SmolLM2, elements) with the settings ``--auto all`` calibrates instead of the demo's fixed ones
 (RMU's c = 6.5 there), measured exactly as docs/robustness.md's keyword-robust table
-(``rmu.attacks.keyword_robust_demo``: 100 forget / 90 retain questions, four keyword sentences).
+(``rmu.demo.keyword_robustness``: 100 forget / 90 retain questions, four keyword sentences).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/keyword_robust_rule.py OUTPUT [VARIANT ...]
 
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-import rmu.attacks.keyword_robust_demo as driver
+import rmu.demo.keyword_robustness as driver
 
 RULE = {"auto": ["lr", "alpha", "coeff"]}
 VARIANTS = {
