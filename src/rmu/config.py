@@ -293,6 +293,15 @@ def _scalar_kinds(annotation: Any) -> set[type]:
     return set().union(*(_scalar_kinds(arg) for arg in args))
 
 
+def resolve_device(option: str):
+    """The torch device a ``--device`` option names; ``auto`` is cuda when this machine has it, else cpu."""
+    import torch
+
+    if option == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(option)
+
+
 def check_device(option: str) -> str:
     """``option`` if it names a device this machine has (auto, cpu, cuda, cuda:N, mps, ...), else a ConfigError."""
     if option == "auto":

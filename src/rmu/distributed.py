@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rmu.config import resolve_device
 from rmu.runner import LayerRunner, UpdatedLayers  # noqa: F401  (UpdatedLayers: also rmu.distributed's name)
 
 
@@ -101,9 +102,7 @@ class Ranks:
 
 
 def _device_for_rank(device_option: str, local_rank: int) -> torch.device:
-    if device_option == "auto":
-        device_option = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_option)
+    device = resolve_device(device_option)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

@@ -56,7 +56,7 @@ from torch import nn
 from rmu.progress import bar as tqdm, write as progress_write
 
 from rmu import distributed, divergence, health, keywords, rules, run_folder, scale
-from rmu.config import UnlearnConfig
+from rmu.config import UnlearnConfig, resolve_device  # noqa: F401  (also rmu.engine's name)
 from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
                       tokenize)
 from rmu.errors import RmuError
@@ -158,12 +158,6 @@ def _slow_tokenizer(config: UnlearnConfig):
 
     return AutoTokenizer.from_pretrained(resolve_checkpoint(config.model), use_fast=False,
                                          trust_remote_code=config.trust_remote_code)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _load(config: UnlearnConfig, ranks: distributed.Ranks):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmu.config import ConfigError, UnlearnConfig
+from rmu.config import ConfigError, UnlearnConfig, resolve_device
 from rmu.loading import (CheckpointError, check_checkpoint_files, empty_model, remote_code_refusal,
                          resolve_checkpoint)
 from rmu.structure import check_layer, find_structure, select_parameters
@@ -55,13 +55,11 @@ def load_whole_model(source, dtype: str = "float32", device: str = "cpu", trust_
 
     from rmu import loading  # through the module: tests replace loading.load_model to catch any weight load
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         check_model(source, trust_remote_code)
         model, tokenizer = loading.load_model(source, upto_layer=None,
                                               dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-                                              device=device, trust_remote_code=trust_remote_code)
+                                              device=resolve_device(device), trust_remote_code=trust_remote_code)
     except (CheckpointError, OSError, ValueError) as error:
         raise CheckpointError(f"could not load model {source!s}: {error}") from None
     return model.eval(), tokenizer

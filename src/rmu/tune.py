@@ -389,10 +389,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         held_out = [h[1] for h in halves[0]], [h[1] for h in halves[1]]
     general = _general_text(general_text)
     if model is None:
-        from rmu.engine import resolve_device
-
-        model, tokenizer = load_full_model(values["model"], values.get("dtype", "float32"),
-                                           str(resolve_device(values.get("device", "auto"))),
+        model, tokenizer = load_full_model(values["model"], values.get("dtype", "float32"), values.get("device", "auto"),
                                            values.get("trust_remote_code", False))
     keywords = study_keywords(values, settings) if settings.keyword_weight > 0 else None
     scorer = _Scorer(model, tokenizer, forget, retain, general, settings, keywords)

@@ -118,10 +118,7 @@ class _Sweep:
 
     def ensure_model(self, source: str, dtype: str, device: str, trust_remote_code: bool) -> None:
         if self.model is None:
-            from rmu.engine import resolve_device
-
-            self.model, self.tokenizer = load_full_model(source, dtype, str(resolve_device(device)),
-                                                         trust_remote_code)
+            self.model, self.tokenizer = load_full_model(source, dtype, device, trust_remote_code)
         if getattr(self.model, "rmu_truncated_at_layer", None) is not None:
             raise AnalysisError("sweeps evaluate the model: pass a full model (with its LM head), not a truncated one")
 
