@@ -80,3 +80,25 @@ def unlearn_options(workspace: Path, **extra) -> dict:
                   retain=[str(workspace / "retain.txt")], layer=3, steps=6, batch_size=2, lr=5e-3,
                   alpha=10.0, min_len=0, max_len=32, retain_max_len=32, seed=3, device="cpu")
     return values | extra
+
+
+class StopRun(Exception):
+    """Raised by a step callback to interrupt a run, as a kill after its last save would."""
+
+
+def straight_and_resumed(options: dict, folder: Path, stop_at_step: int, save_every: int = 2):
+    """Run ``options`` straight through into ``folder/a``, and into ``folder/b`` stopped at step
+    ``stop_at_step`` (saving every ``save_every`` steps) and then resumed; returns both results."""
+    from rmu.config import make_config
+    from rmu.engine import unlearn
+
+    straight = unlearn(make_config(options | {"output": str(folder / "a")}), progress=False)
+
+    def stop(record):
+        if record["step"] == stop_at_step:
+            raise StopRun
+
+    interrupted = options | {"output": str(folder / "b"), "save_every": save_every}
+    with pytest.raises(StopRun):
+        unlearn(make_config(interrupted), callbacks=(stop,), progress=False)
+    return straight, unlearn(make_config(interrupted | {"resume": True}), progress=False)

@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import straight_and_resumed
 from rmu import engine
 from rmu.config import ConfigError, make_config
 from rmu.engine import unlearn
@@ -208,23 +209,10 @@ def test_keyword_file_and_bad_options(corpora, tmp_path):
                                          | {"forget": {"bio": str(bare)}}))
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_gives_the_uninterrupted_run(corpora, tmp_path):
     folder = save_tiny_model(tmp_path / "model", num_layers=5)
     options = two_topic_options(corpora, model=str(folder), keyword_robust=True, method="adaptive", beta=2.0)
-    straight = unlearn(make_config(options | {"output": str(tmp_path / "a")}), progress=False)
-
-    def stop(record):
-        if record["step"] == 3:
-            raise Interrupt
-
-    interrupted = options | {"output": str(tmp_path / "b"), "save_every": 2}
-    with pytest.raises(Interrupt):
-        unlearn(make_config(interrupted), callbacks=(stop,), progress=False)
-    resumed = unlearn(make_config(interrupted | {"resume": True}), progress=False)
+    straight, resumed = straight_and_resumed(options, tmp_path, stop_at_step=3)
     assert [r["retain_loss"] for r in resumed.records] == pytest.approx([r["retain_loss"] for r in straight.records])
     a, b = (load_file(str(tmp_path / x / "model.safetensors")) for x in "ab")
     for name in straight.trained_parameters:

@@ -27,6 +27,7 @@ from rmu.engine import unlearn
 from rmu.optim import LegacyAdamW
 from rmu.testing import save_tiny_model, tiny_model
 
+from conftest import straight_and_resumed
 from original_adaptive import run_adaptive_rmu
 from original_wmdp import corpus_batches, run_rmu
 
@@ -222,26 +223,13 @@ def test_cli_recipe_layer_overrides_and_rmu_recipes(tmp_path):
     assert refused.exit_code != 0 and "needs --noise" in refused.output
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_a_resumed_recipe_run_reaches_the_uninterrupted_weights(tmp_path):
     """Legacy optimizer state and the Adaptive coefficients taken during the run survive a resume."""
     folder = save_tiny_model(tmp_path / "model", "llama", num_layers=4)
     bio, cyber, retain = write_wmdp_corpora(tmp_path)
     options = dict(recipe="adaptive-rmu", model=str(folder), forget={"bio": str(bio), "cyber": str(cyber)},
                    retain=[str(retain)], layer=2, steps=7, lr=1e-3, device="cpu")
-    straight = unlearn(make_config(options | {"output": str(tmp_path / "a")}), progress=False)
-
-    def stop_at_step_4(record):
-        if record["step"] == 4:
-            raise _Stop
-
-    interrupted = options | {"output": str(tmp_path / "b"), "save_every": 2}
-    with pytest.raises(_Stop):
-        unlearn(make_config(interrupted), callbacks=(stop_at_step_4,), progress=False)
-    resumed = unlearn(make_config(interrupted | {"resume": True}), progress=False)
+    straight, resumed = straight_and_resumed(options, tmp_path, stop_at_step=4)
     assert resumed.coefficients == straight.coefficients
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
