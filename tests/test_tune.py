@@ -196,3 +196,34 @@ def test_a_trial_is_stopped_half_way_only_when_its_retain_accuracy_is_already_ho
     assert not hopeless({"forget_accuracy": 0.9, "retain_accuracy": 0.80}, base, settings)  # forgetting may come late
     assert not hopeless({"forget_accuracy": 0.9, "retain_accuracy": 0.76}, base, settings)  # within 2 drops
     assert hopeless({"forget_accuracy": 0.25, "retain_accuracy": 0.74}, base, settings)
+
+
+def test_a_study_continues_from_another_folder_and_refuses_changed_corpora(workspace, tmp_path, monkeypatch):
+    """Inputs count by content: relative paths from another working folder are the same study."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace, data)
+    out = tmp_path / "study"
+    assert CliRunner().invoke(main, tune_args(data, out, "--trials", "1")).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    relative = CliRunner().invoke(main, tune_args(Path("data"), Path("study"), "--trials", "2"))
+    assert relative.exit_code == 0, relative.output
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2
+    (data / "forget.jsonl").write_text((data / "forget.jsonl").read_text() + '{"text": "One more line."}\n')
+    changed = CliRunner().invoke(main, tune_args(Path("data"), Path("study"), "--trials", "3"))
+    assert changed.exit_code != 0 and "forget corpus 'f' (its contents)" in changed.output
+
+
+def test_a_study_started_before_inputs_counted_by_content_continues(workspace, tmp_path, monkeypatch):
+    from rmu import tune as tune_module
+
+    out = tmp_path / "study"
+    with monkeypatch.context() as old_rmu:  # the study as an older rmu recorded it: paths as spelled
+        old_rmu.setattr(tune_module, "_fingerprint", tune_module._legacy_fingerprint)
+        assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "1")).exit_code == 0
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2"))
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2
+    changed = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "3", "--batch-size", "4"))
+    assert changed.exit_code != 0 and "batch_size" in changed.output

@@ -61,7 +61,7 @@ import torch
 import yaml
 from rmu.progress import bar as tqdm
 
-from rmu import scale
+from rmu import fingerprint, scale
 from rmu.analysis.common import load_full_model, read_json, write_json
 from rmu.analysis.sweeps import sweep_inputs
 from rmu.config import ConfigError, UnlearnConfig, make_config
@@ -350,8 +350,41 @@ def _settings_of(values: dict) -> dict:
 
 
 def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
+    """What a study's trials depend on. Input files count by content (``rmu.fingerprint``), not by
+    spelling, so a study continues from another working folder or after its inputs were moved."""
+    keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
+    options = {k: v for k, v in base.items() if k not in _INPUT_OPTIONS}
+    return json.loads(json.dumps({"base": options, "inputs": _input_identities(base), "settings": keep,
+                                  "tasks": tasks}, default=str))
+
+
+_INPUT_OPTIONS = fingerprint.PATH_OPTIONS | {"keywords"}
+
+
+def _input_identities(base: dict) -> dict:
+    inputs = {"model": fingerprint.model_identity(base["model"])}
+    for topic, source in (base.get("forget") or {}).items():
+        inputs[f"forget corpus '{topic}'"] = fingerprint.source_identity(source)
+    for index, source in enumerate(base.get("retain") or ()):
+        inputs[f"retain corpus {index + 1}"] = fingerprint.source_identity(source)
+    for key in ("control_vectors", "keywords"):
+        if base.get(key):
+            inputs[key.replace("_", " ")] = fingerprint.source_identity(base[key])
+    return inputs
+
+
+def _legacy_fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
+    """The fingerprint of studies started before inputs counted by content (paths as spelled)."""
     keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
     return json.loads(json.dumps({"base": base, "settings": keep, "tasks": tasks}, default=str))
+
+
+def _study_differences(saved: dict, current: dict) -> list[str]:
+    """Which settings or inputs differ between a saved study's fingerprint and this command's."""
+    changed = [k for k in set(saved["base"]) | set(current["base"]) if saved["base"].get(k) != current["base"].get(k)]
+    old_inputs, new_inputs = saved.get("inputs", {}), current.get("inputs", {})
+    changed += [f"{k} (its contents)" for k in set(old_inputs) | set(new_inputs) if old_inputs.get(k) != new_inputs.get(k)]
+    return sorted(changed)
 
 
 def _tune_inputs(arguments: dict) -> list:
@@ -403,17 +436,19 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
             sampler=optuna.samplers.TPESampler(seed=values.get("seed", 42), n_startup_trials=5),
             pruner=optuna.pruners.NopPruner(),  # trials stop by rmu's own rule, hopeless(), half way
         )
-        fingerprint = _fingerprint(values, settings, {"forget": [t.name for t in forget],
+        current = _fingerprint(values, settings, {"forget": [t.name for t in forget],
                                                       "retain": [t.name for t in retain]})
         saved = study.user_attrs.get("fingerprint")
         if saved is None:
-            study.set_user_attr("fingerprint", fingerprint)
+            study.set_user_attr("fingerprint", current)
             study.enqueue_trial(tuner.rule_params())  # a new study starts from the scale rule
             if settings.keyword_weight > 0:  # ... and the rule with --keyword-robust
                 study.enqueue_trial({**tuner.rule_params(), "keyword_robust": True})
-        elif saved != fingerprint:
-            changed = sorted(k for k in set(saved["base"]) | set(fingerprint["base"])
-                             if saved["base"].get(k) != fingerprint["base"].get(k))
+        elif saved != current and not ("inputs" not in saved and saved == _legacy_fingerprint(
+                values, settings, current["tasks"])):
+            if "inputs" not in saved:  # an older study: compare as it was recorded
+                current = _legacy_fingerprint(values, settings, current["tasks"])
+            changed = _study_differences(saved, current)
             raise TuneError(f"the study '{settings.study_name}' in {storage} was started with other settings "
                             f"(differs in: {', '.join(changed) or 'settings or questions'}); use another --output, "
                             "--storage or --study-name")
