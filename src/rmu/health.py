@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rmu import rules, scale
+from rmu.losses import informative_vector, select_dims
 
 logger = logging.getLogger("rmu.health")
 
@@ -69,6 +70,9 @@ class TopicHealth:
     forget_loss_last: float | None
     massive_share: float = 0.0  # share of the frozen forget states' |h|^2 in their massive dimensions
     informative_norm: float = 0.0  # mean per-token norm of those states without the massive dimensions
+    # --loss-dims: "informative" when the losses, and so every measurement above but the massive
+    # share and informative_norm, left out the massive dimensions
+    loss_dims: str = "all"
 
     @property
     def forget_loss_ratio(self) -> float | None:
@@ -115,11 +119,13 @@ def _rounded(value):
 
 @torch.no_grad()
 def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float | None, beta: float,
-                  mask_of, device, records: list[dict]) -> TopicHealth:
+                  mask_of, device, records: list[dict], dims: torch.Tensor | None = None) -> TopicHealth:
     """Layer-l statistics of one topic on its first ``HEALTH_BATCHES`` (forget, retain) batch pairs.
 
     ``coefficient``: the topic's fixed c, or None for Adaptive RMU's per-sample rule (then beta x
-    each row's norm). ``mask_of(batch)``: the positions the losses use (None for all).
+    each row's norm). ``mask_of(batch)``: the positions the losses use (None for all). ``dims``: the
+    dimensions the losses use (``--loss-dims informative``; None for all), where ``u`` lives too;
+    norms, cosines, progress and drift are measured there, the massive share on every dimension.
     """
     sums = dict.fromkeys(("coeff", "frozen_norm", "norm", "frozen_cos", "cos", "progress", "retain_norm",
                           "drift", "massive_share", "informative_norm"), 0.0)
@@ -128,8 +134,8 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         forget, retain = forget.to(device), retain.to(device)
         real = _positions(forget, mask_of(forget))
         frozen = runner.frozen(forget)
-        updated = runner.updated(frozen).float()
-        original = frozen.output.float()
+        updated = select_dims(runner.updated(frozen).float(), dims)
+        original = select_dims(frozen.output.float(), dims)
         if coefficient is None:
             coeff = rules.per_sample_coefficients(beta, original, mask_of(forget))
         else:
@@ -147,15 +153,15 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         }
         for key, values in per_token.items():
             sums[key] += float(values[real].sum())
-        massive = scale.massive_activations(original, real)  # weighted by the batch's tokens below
+        massive = scale.massive_activations(frozen.output, real)  # weighted by the batch's tokens below
         sums["massive_share"] += massive.share * int(real.sum())
         sums["informative_norm"] += massive.other_norm * int(real.sum())
         forget_tokens += int(real.sum())
 
         real = _positions(retain, mask_of(retain))
         frozen = runner.frozen(retain)
-        updated = runner.updated(frozen).float()
-        original = frozen.output.float()
+        updated = select_dims(runner.updated(frozen).float(), dims)
+        original = select_dims(frozen.output.float(), dims)
         sums["retain_norm"] += float(original.norm(dim=-1)[real].sum())
         sums["drift"] += float((updated - original).norm(dim=-1)[real].sum())
         retain_tokens += int(real.sum())
@@ -177,6 +183,7 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         forget_loss_last=losses[-1] if losses else None,
         massive_share=sums["massive_share"] / forget_tokens,
         informative_norm=sums["informative_norm"] / forget_tokens,
+        loss_dims="all" if dims is None else "informative",
     )
 
 
@@ -207,13 +214,14 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
                  f"the coefficient ({t.coefficient:.4g}) is {ratio:.2g}x the layer's norm ({t.frozen_forget_norm:.4g}): "
                  f"the forget loss shrinks h instead of turning it to u; raise --steering-coeff to about "
                  f"{2 * t.frozen_forget_norm:.3g} (2x the norm), use --auto coeff or --method adaptive")
-        massive = t.massive_share > MASSIVE_SHARE_HIGH
+        # With --loss-dims informative the losses and every measurement here leave them out already.
+        massive = t.massive_share > MASSIVE_SHARE_HIGH and t.loss_dims == "all"
         if massive:
             warn("massive-activations", t.topic,
                  f"a few dimensions hold {t.massive_share:.1%} of the layer's |h|^2 (massive activations; norm "
                  f"{t.frozen_forget_norm:.4g}, {t.informative_norm:.4g} without them): the coefficient and the "
-                 f"progress measure those dimensions, and raising --lr did not help on such a model "
-                 f"(docs/tuning.md, section 4); judge the run by its accuracy")
+                 f"progress measure those dimensions, and raising --lr did not help on such a model; use "
+                 f"--loss-dims informative to compute the losses without them (docs/tuning.md, section 4)")
         if t.progress < PROGRESS_LOW:
             warn("forget-did-not-move", t.topic,
                  f"the forget representations did not move ({t.progress:.0%} of the way to the target, "
@@ -231,15 +239,18 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
 
 
 def diagnose(config, runner, batches, vectors: dict[str, torch.Tensor], coefficients: dict[str, float | None],
-             records: list[dict], device, mask_of) -> HealthReport:
-    """The health report of a finished run (see the module docstring); logs its warnings."""
+             records: list[dict], device, mask_of, dims: dict[str, torch.Tensor | None] | None = None) -> HealthReport:
+    """The health report of a finished run (see the module docstring); logs its warnings.
+
+    ``dims``: per topic the dimensions the losses used (``--loss-dims informative``; None: all)."""
     topics = []
+    dims = dims or {}
     for index, topic in enumerate(config.topics):
         if not batches[index]:
             continue
-        u = vectors[topic].to(device, torch.float32)
+        u = informative_vector(vectors[topic].float(), dims.get(topic)).to(device, torch.float32)
         topics.append(measure_topic(runner, topic, batches[index], u, coefficients[topic], config.beta[index],
-                                    mask_of, device, records))
+                                    mask_of, device, records, dims.get(topic)))
     warnings = verdicts(topics, config.method)
     for warning in warnings:
         logger.warning(warning["message"])
