@@ -134,14 +134,14 @@ def test_the_scale_rule_and_health_measure_the_informative_part(corpora):
     assert informative.coefficients["f"] == pytest.approx(topic["coefficient"], rel=1e-4)  # run.json: 5 digits
     assert informative.loss_dims["massive_dims"] == {"f": [PLANTED]}  # taken from the calibration
     health = informative.health["topics"][0]
-    assert health["loss_dims"] == "informative"
+    assert health["loss_dims"] == "informative" and health["retain_drift_all_dims"] is not None
     assert health["frozen_forget_norm"] == pytest.approx(topic["forget_norm"], rel=0.5)
     codes = {w["code"] for w in informative.health["warnings"]}
     assert "massive-activations" not in codes
 
     every = run(corpora, planted_model(), auto="all")
     assert every.calibration["topics"][0]["forget_norm"] > 50 * topic["forget_norm"]
-    assert every.health["topics"][0]["loss_dims"] == "all"
+    assert every.health["topics"][0]["loss_dims"] == "all" and every.health["topics"][0]["retain_drift_all_dims"] is None
     warning = [w for w in every.health["warnings"] if w["code"] == "massive-activations"]
     assert warning and "--loss-dims informative" in warning[0]["message"]
 

@@ -26,8 +26,10 @@ logged on the ``rmu.health`` logger (stderr by default) and kept in run.json und
 * ``massive-activations``: a few dimensions (``rmu.scale.massive_activations``) hold more than
   ``MASSIVE_SHARE_HIGH`` (90%) of the frozen forget states' |h|^2. The coefficient, the distance and the
   progress then measure those dimensions, not the text's content, and the lr advice above is
-  replaced: in Gemma 3 270M (98% in 6 dimensions at layer 7) a 10x lr moved the states less and
-  cost retain accuracy (docs/tuning.md, section 4).
+  replaced by ``--loss-dims informative``: in Gemma 3 270M (98% in 6 dimensions at layer 7) a 10x lr
+  moved the states less and cost retain accuracy (docs/tuning.md, section 4). With
+  ``--loss-dims informative`` every measurement but the massive share is taken, as the losses were,
+  on the other dimensions (u restricted to them), and this warning is not given.
 
 With no warning the verdict is ``ok``. The thresholds are rules of thumb from the demo runs on
 SmolLM2 (see docs/tuning.md), not guarantees: the accuracy on questions is the real test.
@@ -73,6 +75,9 @@ class TopicHealth:
     # --loss-dims: "informative" when the losses, and so every measurement above but the massive
     # share and informative_norm, left out the massive dimensions
     loss_dims: str = "all"
+    # with "informative": the retain drift over every dimension, the massive ones included (which
+    # neither loss holds), as |h_new - h_old| / |h_old| over all dimensions
+    retain_drift_all_dims: float | None = None
 
     @property
     def forget_loss_ratio(self) -> float | None:
@@ -109,6 +114,9 @@ class HealthReport:
                         f"{t.progress:.0%} of the way to c*u; retain drift {t.retain_drift:.1%} of its norm; "
                         f"{t.massive_share:.1%} of |h|^2 in massive dimensions (norm without them "
                         f"{t.informative_norm:.4g})")
+            if t.retain_drift_all_dims is not None:
+                out[-1] += (f"; measured without the massive dimensions, as the losses (retain drift over all "
+                            f"dimensions {t.retain_drift_all_dims:.1%})")
         out += [f"  warning: {w['message']}" for w in self.warnings]
         return out
 
@@ -128,7 +136,7 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
     norms, cosines, progress and drift are measured there, the massive share on every dimension.
     """
     sums = dict.fromkeys(("coeff", "frozen_norm", "norm", "frozen_cos", "cos", "progress", "retain_norm",
-                          "drift", "massive_share", "informative_norm"), 0.0)
+                          "drift", "massive_share", "informative_norm", "retain_norm_all", "drift_all"), 0.0)
     forget_tokens = retain_tokens = 0
     for forget, retain in pairs[:HEALTH_BATCHES]:
         forget, retain = forget.to(device), retain.to(device)
@@ -160,10 +168,12 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
 
         real = _positions(retain, mask_of(retain))
         frozen = runner.frozen(retain)
-        updated = select_dims(runner.updated(frozen).float(), dims)
-        original = select_dims(frozen.output.float(), dims)
+        updated_all, original_all = runner.updated(frozen).float(), frozen.output.float()
+        updated, original = select_dims(updated_all, dims), select_dims(original_all, dims)
         sums["retain_norm"] += float(original.norm(dim=-1)[real].sum())
         sums["drift"] += float((updated - original).norm(dim=-1)[real].sum())
+        sums["retain_norm_all"] += float(original_all.norm(dim=-1)[real].sum())
+        sums["drift_all"] += float((updated_all - original_all).norm(dim=-1)[real].sum())
         retain_tokens += int(real.sum())
     forget_tokens, retain_tokens = max(forget_tokens, 1), max(retain_tokens, 1)
     losses = [r["forget_loss"] for r in records if r.get("topic") == topic]
@@ -184,6 +194,8 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         massive_share=sums["massive_share"] / forget_tokens,
         informative_norm=sums["informative_norm"] / forget_tokens,
         loss_dims="all" if dims is None else "informative",
+        retain_drift_all_dims=None if dims is None else (
+            (sums["drift_all"] / retain_tokens) / max(sums["retain_norm_all"] / retain_tokens, 1e-12)),
     )
 
 

@@ -34,7 +34,9 @@ the token-dependent rest that carries what the model knows about the text. Gemma
 The calibration records them (:func:`massive_activations`: dimensions whose mean square over the
 batch's tokens exceeds ``MASSIVE_FACTOR`` x the median dimension's; their share of |h|^2; the norm
 without them) and the health report warns when they dominate (docs/tuning.md, section 4, has the
-measurements and why the rule's settings then miss).
+measurements and why the rule's settings then miss). With ``--loss-dims informative`` the losses
+leave those dimensions out, and so does the rule: N, R, c = 2N, D and the first-step approach are
+measured on the other dimensions, with u restricted to them (``rmu.losses.informative_vector``).
 
 The calibration costs, per topic, one frozen pass of layers 0..l on a forget and a retain batch,
 one forward+backward and one forward of the updated layers. Enabled per setting by
