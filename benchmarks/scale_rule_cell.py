@@ -16,7 +16,8 @@ method (every method starts from the base weights). One model is loaded once.
 Writes ``OUTPUT/results.json`` (``results.partial.json`` while running): the base and each
 method's scores per half, the settings the rule chose, the calibration, the health report, minutes.
 ``--lr X`` replaces only the rule's lr (alpha and the coefficient still calibrated): the rows of
-docs/tuning.md that follow the health report's advice ("raise --lr about 3x"). ``--beta`` /
+docs/tuning.md that follow the health report's advice ("raise --lr about 3x"); ``--alpha X`` likewise
+replaces only the rule's alpha. ``--beta`` /
 ``--steering-coeff`` replace the rule's coefficient the same way (lr and alpha still calibrated for
 it); ``--params``, ``--mask-first-token``, ``--loss-dims``, ``--layer`` and ``--steps`` change the run as the
 ``rmu unlearn`` options of those names do; ``--skip-base`` scores only the unlearned models.
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="A fixed lr instead of the rule's (alpha and the coefficient still calibrated), "
                              "e.g. to follow the health report's advice.")
+    parser.add_argument("--alpha", type=float, default=None, help="A fixed alpha instead of the rule's.")
     parser.add_argument("--beta", type=float, default=None, help="Adaptive RMU: a fixed beta instead of the rule's.")
     parser.add_argument("--steering-coeff", type=float, default=None, help="RMU: a fixed c instead of the rule's.")
     parser.add_argument("--params", default="mlp-out", help="Weights trained, as rmu unlearn --params (default mlp-out).")
@@ -99,7 +101,7 @@ def main() -> None:
                                    "minutes": round((time.perf_counter() - started) / 60, 1)}
         partial.write_text(json.dumps(results, indent=2))
     for method in methods:
-        fixed = {"lr": args.lr, "beta": args.beta if method == "adaptive" else None,
+        fixed = {"lr": args.lr, "alpha": args.alpha, "beta": args.beta if method == "adaptive" else None,
                  "steering_coeff": args.steering_coeff if method == "rmu" else None}
         fixed = {key: value for key, value in fixed.items() if value is not None}
         auto = [name for name, key in (("lr", "lr"), ("alpha", "alpha"), ("coeff", "beta" if method == "adaptive"

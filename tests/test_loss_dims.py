@@ -123,6 +123,23 @@ def test_informative_losses_leave_out_the_planted_dimension(corpora):
     assert every.coefficients["f"] > 50 * result.coefficients["f"]
 
 
+@pytest.mark.parametrize("loss_dims, forget_width, retain_width",
+                         [("all", 64, 64), ("informative", 63, 63), ("forget-informative", 63, 64)])
+def test_each_loss_sees_the_dimensions_its_setting_names(corpora, monkeypatch, loss_dims, forget_width, retain_width):
+    import rmu.engine
+
+    widths = []
+
+    def recording(prediction, target, mask, in_model_dtype=False):
+        widths.append((prediction.shape[-1], target.shape[-1]))
+        return masked_mse(prediction, target, mask, in_model_dtype)
+
+    monkeypatch.setattr(rmu.engine, "masked_mse", recording)
+    result = run(corpora, planted_model(), loss_dims=loss_dims, steps=2)
+    assert widths == [(forget_width, forget_width), (retain_width, retain_width)] * 2  # forget, retain per step
+    assert result.health["topics"][0]["loss_dims"] == loss_dims
+
+
 def test_the_scale_rule_and_health_measure_the_informative_part(corpora):
     informative = run(corpora, planted_model(), loss_dims="informative", auto="all")
     topic = informative.calibration["topics"][0]

@@ -367,10 +367,10 @@ def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
 
 def _loss_dims(config: UnlearnConfig, runner: LayerRunner, batches, device, calibration: dict | None,
                hidden_size: int) -> tuple[dict[str, torch.Tensor | None], dict | None]:
-    """Per topic the dimensions the losses use (None: all), and what run.json records of them.
+    """Per topic the dimensions the forget loss uses (None: all), and what run.json records of them.
 
-    ``--loss-dims informative`` leaves out the massive dimensions of the topic's first frozen forget
-    batch: the calibration's (``--auto``) when it ran, else measured here the same way.
+    ``--loss-dims informative`` / ``forget-informative`` leave out the massive dimensions of the topic's
+    first frozen forget batch: the calibration's (``--auto``) when it ran, else measured here the same way.
     """
     if config.loss_dims == "all":
         return dict.fromkeys(config.topics), None
@@ -419,7 +419,8 @@ def _finish(run: _Run, plan: run_folder.OutputPlan, loaded_from_source: bool, pr
     )
     result.calibration = run.calibration
     report = health.diagnose(config, context.runner, run.batches, run.vectors, context.coefficients, run.records,
-                             context.ranks.device, lambda batch: loss_mask(batch, config), context.dims)
+                             context.ranks.device, lambda batch: loss_mask(batch, config), context.dims,
+                             retain_on_all_dims=config.loss_dims != "informative")
     result.health = report.to_dict()
     if progress:
         progress_write("\n".join(report.lines()), file=sys.stderr)
@@ -522,6 +523,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
     topic = config.topics[topic_index]
     u = context.targets[topic]
     dims = context.dims.get(topic)  # --loss-dims informative: the losses see these dimensions only
+    retain_dims = dims if config.loss_dims == "informative" else None  # forget-informative: retain on all
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
     # Full-batch masks: checked and used for the rank shares, then sliced to this rank's rows.
@@ -541,7 +543,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
     frozen_retain = runner.frozen(retain)
     frozen_forget_output = select_dims(frozen_forget.output, dims)
     retain_target = select_dims(_retain_target(config, frozen_retain.output, context.noise, retain_rows,
-                                               retain_share.rows), dims)
+                                               retain_share.rows), retain_dims)
     in_model_dtype = config.loss_dtype == "model"
     alpha = config.alpha[topic_index]
 
@@ -570,7 +572,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
 
     def retain_part():
         updated = runner.updated(frozen_retain)
-        error = alpha * masked_mse(select_dims(updated, dims), retain_target, retain_mask, in_model_dtype)
+        error = alpha * masked_mse(select_dims(updated, retain_dims), retain_target, retain_mask, in_model_dtype)
         loss = ranks.sum(error.detach() * retain_share.weight)
         _check_finite(loss, "retain", step, topic)
         return updated, error * (retain_share.weight * gradient_scale), loss

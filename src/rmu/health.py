@@ -115,8 +115,8 @@ class HealthReport:
                         f"{t.massive_share:.1%} of |h|^2 in massive dimensions (norm without them "
                         f"{t.informative_norm:.4g})")
             if t.retain_drift_all_dims is not None:
-                out[-1] += (f"; measured without the massive dimensions, as the losses (retain drift over all "
-                            f"dimensions {t.retain_drift_all_dims:.1%})")
+                out[-1] += (f"; --loss-dims {t.loss_dims}: measured without the massive dimensions where the "
+                            f"losses left them out (retain drift over all dimensions {t.retain_drift_all_dims:.1%})")
         out += [f"  warning: {w['message']}" for w in self.warnings]
         return out
 
@@ -127,13 +127,16 @@ def _rounded(value):
 
 @torch.no_grad()
 def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float | None, beta: float,
-                  mask_of, device, records: list[dict], dims: torch.Tensor | None = None) -> TopicHealth:
+                  mask_of, device, records: list[dict], dims: torch.Tensor | None = None,
+                  retain_on_all_dims: bool = False) -> TopicHealth:
     """Layer-l statistics of one topic on its first ``HEALTH_BATCHES`` (forget, retain) batch pairs.
 
     ``coefficient``: the topic's fixed c, or None for Adaptive RMU's per-sample rule (then beta x
     each row's norm). ``mask_of(batch)``: the positions the losses use (None for all). ``dims``: the
-    dimensions the losses use (``--loss-dims informative``; None for all), where ``u`` lives too;
-    norms, cosines, progress and drift are measured there, the massive share on every dimension.
+    dimensions the forget loss uses (``--loss-dims informative``; None for all), where ``u`` lives too;
+    norms, cosines, progress and drift are measured there (the drift on every dimension with
+    ``retain_on_all_dims``, as ``--loss-dims forget-informative``'s retain loss), the massive share on
+    every dimension.
     """
     sums = dict.fromkeys(("coeff", "frozen_norm", "norm", "frozen_cos", "cos", "progress", "retain_norm",
                           "drift", "massive_share", "informative_norm", "retain_norm_all", "drift_all"), 0.0)
@@ -169,7 +172,8 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         real = _positions(retain, mask_of(retain))
         frozen = runner.frozen(retain)
         updated_all, original_all = runner.updated(frozen).float(), frozen.output.float()
-        updated, original = select_dims(updated_all, dims), select_dims(original_all, dims)
+        retain_dims = None if retain_on_all_dims else dims
+        updated, original = select_dims(updated_all, retain_dims), select_dims(original_all, retain_dims)
         sums["retain_norm"] += float(original.norm(dim=-1)[real].sum())
         sums["drift"] += float((updated - original).norm(dim=-1)[real].sum())
         sums["retain_norm_all"] += float(original_all.norm(dim=-1)[real].sum())
@@ -193,7 +197,7 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         forget_loss_last=losses[-1] if losses else None,
         massive_share=sums["massive_share"] / forget_tokens,
         informative_norm=sums["informative_norm"] / forget_tokens,
-        loss_dims="all" if dims is None else "informative",
+        loss_dims="all" if dims is None else "forget-informative" if retain_on_all_dims else "informative",
         retain_drift_all_dims=None if dims is None else (
             (sums["drift_all"] / retain_tokens) / max(sums["retain_norm_all"] / retain_tokens, 1e-12)),
     )
@@ -251,10 +255,12 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
 
 
 def diagnose(config, runner, batches, vectors: dict[str, torch.Tensor], coefficients: dict[str, float | None],
-             records: list[dict], device, mask_of, dims: dict[str, torch.Tensor | None] | None = None) -> HealthReport:
+             records: list[dict], device, mask_of, dims: dict[str, torch.Tensor | None] | None = None,
+             retain_on_all_dims: bool = False) -> HealthReport:
     """The health report of a finished run (see the module docstring); logs its warnings.
 
-    ``dims``: per topic the dimensions the losses used (``--loss-dims informative``; None: all)."""
+    ``dims``: per topic the dimensions the forget loss used (``--loss-dims``; None: all), and the retain
+    loss too unless ``retain_on_all_dims``."""
     topics = []
     dims = dims or {}
     for index, topic in enumerate(config.topics):
@@ -262,7 +268,7 @@ def diagnose(config, runner, batches, vectors: dict[str, torch.Tensor], coeffici
             continue
         u = informative_vector(vectors[topic].float(), dims.get(topic)).to(device, torch.float32)
         topics.append(measure_topic(runner, topic, batches[index], u, coefficients[topic], config.beta[index],
-                                    mask_of, device, records, dims.get(topic)))
+                                    mask_of, device, records, dims.get(topic), retain_on_all_dims))
     warnings = verdicts(topics, config.method)
     for warning in warnings:
         logger.warning(warning["message"])

@@ -191,9 +191,10 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
         retain_real = (retain.attention_mask if retain_mask is None else retain_mask).bool()
         frozen = runner.frozen(forget)
         massive = massive_activations(frozen.output, forget_real)
-        # --loss-dims informative: N, R, c, D and the approach measured where the losses act
+        # --loss-dims informative: N, R, c, D and the approach measured where the forget loss acts (R
+        # there too with forget-informative: alpha balances the two pulls per dimension where both act)
         dims = (informative_dims(frozen.output.shape[-1], massive.dims, device)
-                if config.loss_dims == "informative" else None)
+                if config.loss_dims != "all" else None)
         original = select_dims(frozen.output.float(), dims)
         forget_norm = float(original.norm(dim=-1)[forget_real].mean())
         retain_hidden = select_dims(runner.frozen(retain).output.float(), dims)

@@ -97,9 +97,10 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
     "auto": _option("--auto", help="Scale rule: calibrate these settings from the model's measured layer norms "
         "instead of taking them as given: lr, alpha, coeff (comma-separated) or all. "
         "See docs/tuning.md."),
-    "loss_dims": _option("--loss-dims", type=click.Choice(["all", "informative"]),
-        help="Dimensions of the layer output the losses use: all (default) or informative (leave out the few "
-        "massive, nearly constant dimensions; for models such as Gemma 3; see docs/tuning.md)."),
+    "loss_dims": _option("--loss-dims", type=click.Choice(["all", "informative", "forget-informative"]),
+        help="Dimensions of the layer output the losses use: all (default), informative (leave out the few "
+        "massive, nearly constant dimensions; for models such as Gemma 3; see docs/tuning.md) or "
+        "forget-informative (the forget loss without them, the retain loss on all)."),
     "keyword_robust": _option("--keyword-robust/--no-keyword-robust", default=None,
         help="Train on retain documents that mention forget-topic keywords in neutral sentences, so a forget "
         "word in an unrelated prompt no longer triggers the forgetting (default off; see rmu.keywords)."),
