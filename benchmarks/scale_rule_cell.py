@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--steering-coeff", type=float, default=None, help="RMU: a fixed c instead of the rule's.")
     parser.add_argument("--params", default="mlp-out", help="Weights trained, as rmu unlearn --params (default mlp-out).")
     parser.add_argument("--mask-first-token", action="store_true", help="Drop each row's first token from the losses.")
-    parser.add_argument("--loss-dims", choices=["all", "informative"], default="all",
+    parser.add_argument("--loss-dims", choices=["all", "informative", "forget-informative"], default="all",
                         help="Dimensions the losses use, as rmu unlearn --loss-dims (default all).")
     parser.add_argument("--layer", type=int, default=DEFAULT.layer)
     parser.add_argument("--steps", type=int, default=DEFAULT.steps)
