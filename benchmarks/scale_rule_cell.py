@@ -16,9 +16,10 @@ method (every method starts from the base weights). One model is loaded once.
 Writes ``OUTPUT/results.json`` (``results.partial.json`` while running): the base and each
 method's scores per half, the settings the rule chose, the calibration, the health report, minutes.
 ``--lr X`` replaces only the rule's lr (alpha and the coefficient still calibrated): the rows of
-docs/tuning.md that follow the health report's advice ("raise --lr about 3x"). ``--beta`` /
+docs/tuning.md that follow the health report's advice ("raise --lr about 3x"); ``--alpha X`` likewise
+replaces only the rule's alpha. ``--beta`` /
 ``--steering-coeff`` replace the rule's coefficient the same way (lr and alpha still calibrated for
-it); ``--params``, ``--mask-first-token``, ``--layer`` and ``--steps`` change the run as the
+it); ``--params``, ``--mask-first-token``, ``--loss-dims``, ``--layer`` and ``--steps`` change the run as the
 ``rmu unlearn`` options of those names do; ``--skip-base`` scores only the unlearned models.
 """
 
@@ -59,10 +60,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="A fixed lr instead of the rule's (alpha and the coefficient still calibrated), "
                              "e.g. to follow the health report's advice.")
+    parser.add_argument("--alpha", type=float, default=None, help="A fixed alpha instead of the rule's.")
     parser.add_argument("--beta", type=float, default=None, help="Adaptive RMU: a fixed beta instead of the rule's.")
     parser.add_argument("--steering-coeff", type=float, default=None, help="RMU: a fixed c instead of the rule's.")
     parser.add_argument("--params", default="mlp-out", help="Weights trained, as rmu unlearn --params (default mlp-out).")
     parser.add_argument("--mask-first-token", action="store_true", help="Drop each row's first token from the losses.")
+    parser.add_argument("--loss-dims", choices=["all", "informative", "forget-informative"], default="all",
+                        help="Dimensions the losses use, as rmu unlearn --loss-dims (default all).")
     parser.add_argument("--layer", type=int, default=DEFAULT.layer)
     parser.add_argument("--steps", type=int, default=DEFAULT.steps)
     parser.add_argument("--control-vectors", default=None, help="A control_vectors.safetensors to use, as rmu unlearn's.")
@@ -97,7 +101,7 @@ def main() -> None:
                                    "minutes": round((time.perf_counter() - started) / 60, 1)}
         partial.write_text(json.dumps(results, indent=2))
     for method in methods:
-        fixed = {"lr": args.lr, "beta": args.beta if method == "adaptive" else None,
+        fixed = {"lr": args.lr, "alpha": args.alpha, "beta": args.beta if method == "adaptive" else None,
                  "steering_coeff": args.steering_coeff if method == "rmu" else None}
         fixed = {key: value for key, value in fixed.items() if value is not None}
         auto = [name for name, key in (("lr", "lr"), ("alpha", "alpha"), ("coeff", "beta" if method == "adaptive"
@@ -108,7 +112,7 @@ def main() -> None:
             model=str(model_dir), forget={topic.forget_name: str(paths["forget_corpus"])},
             retain=[str(paths["retain_corpus"])], method=method,
             **dict(DEFAULT.run_options(), layer=args.layer, steps=args.steps),
-            mask_first_token=args.mask_first_token, params=args.params.split(","),
+            mask_first_token=args.mask_first_token, params=args.params.split(","), loss_dims=args.loss_dims,
             control_vectors=args.control_vectors, auto=auto, **fixed))
         result = unlearn(config, model=model, tokenizer=tokenizer, progress=True)
         scores = score(model, tokenizer, halves, general_text)
@@ -117,6 +121,7 @@ def main() -> None:
             "scores": scores,
             "settings": {"lr": used.lr, "alpha": used.alpha, "beta": used.beta, "steering_coeff": used.steering_coeff,
                          "params": used.params, "mask_first_token": used.mask_first_token, "layer": used.layer,
+                         "loss_dims": used.loss_dims, "massive_dims": result.loss_dims,
                          "coefficients": result.coefficients, "steps_run": len(result.records)},
             "calibration": result.calibration, "health": result.health,
             "unlearn_seconds": round(result.seconds, 1),

@@ -121,6 +121,13 @@ class UnlearnConfig(BaseModel):
             return ["lr", "alpha", "coeff"]
         return value
 
+    # Losses on the informative dimensions (issue #11, rmu.losses.informative_dims): with "informative"
+    # both losses, the control vector u, Adaptive RMU's norm, the scale rule and the health report use
+    # only the layer-l dimensions that are NOT massive (rmu.scale.massive_activations on the topic's
+    # first frozen forget batch; Gemma 3 270M: 6 dimensions hold 98% of |h|^2); "forget-informative":
+    # the same for the forget loss, the retain loss over every dimension. "all": every dimension.
+    loss_dims: Literal["all", "informative", "forget-informative"] = "all"
+
     # Keyword-robust unlearning (issue #12, rmu.keywords): retain documents that mention forget keywords.
     keyword_robust: bool = False
     keywords: str | None = None  # keyword file, one a line (default: found from the forget and retain corpora)

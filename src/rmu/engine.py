@@ -61,6 +61,7 @@ from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_c
                       tokenize)
 from rmu.errors import RmuError
 from rmu.losses import loss_mask, masked_mse  # noqa: F401  (also rmu.engine's public names)
+from rmu.losses import informative_dims, informative_vector, select_dims
 from rmu.optim import make_optimizer
 from rmu.runner import FrozenPass, LayerRunner, _LayerCall, trainable_only  # noqa: F401  (also rmu.engine's names)
 from rmu.structure import ModelStructure, check_layer, find_structure, select_parameters
@@ -90,6 +91,7 @@ class UnlearnResult:
     health: dict | None = None  # rmu.health's report of the finished run (also in run.json)
     calibration: dict | None = None  # rmu.scale's measurements when config.auto is set
     keywords: dict | None = None  # --keyword-robust: the keywords and augmentation used (rmu.keywords)
+    loss_dims: dict | None = None  # --loss-dims informative: the massive dimensions left out, per topic
 
     def restore_original(self) -> None:
         """Put the original values back into the trained tensors (reuse one model across runs)."""
@@ -286,6 +288,8 @@ class _StepContext:
     noise: torch.Generator
     coefficients: dict[str, float | None]
     targets: dict[str, torch.Tensor]  # u per topic, on the device, in the dtype the targets are formed in
+    # --loss-dims informative: per topic the hidden dimensions the losses use (None: all of them)
+    dims: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -304,6 +308,7 @@ class _Run:
     records: list[dict]
     keywords: dict | None
     calibration: dict | None
+    loss_dims: dict | None = None
 
     @property
     def config(self) -> UnlearnConfig:  # the calibrated one with --auto
@@ -337,7 +342,8 @@ def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
             raise UnlearnError("--auto calibrates in one process: run it once without --nproc/torchrun and "
                                "pass the values it records in run.json ('calibration')")
         config, calibration = scale.calibrate(config, runner, tensors.in_model, batches, vectors, steps, device)
-    coefficients = _fixed_coefficients(config, runner, batches, device)
+    dims, loss_dims = _loss_dims(config, runner, batches, device, calibration, structure.hidden_size)
+    coefficients = _fixed_coefficients(config, runner, batches, device, dims)
 
     optimizer = make_optimizer(config.optimizer, list(tensors.master.values()), config.lr)
     noise = torch.Generator().manual_seed(config.noise_seed if config.noise_seed is not None else config.seed)
@@ -353,10 +359,28 @@ def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
 
     # The published draw scales u by c in the model's dtype; rmu's in float32.
     target_dtype = model_dtype if config.vector_draw == "original" else torch.float32
-    targets = {t: vectors[t].to(device, target_dtype) for t in topics}
-    context = _StepContext(config, ranks, runner, tensors, optimizer, noise, coefficients, targets)
+    targets = {t: informative_vector(vectors[t], dims[t]).to(device, target_dtype) for t in topics}
+    context = _StepContext(config, ranks, runner, tensors, optimizer, noise, coefficients, targets, dims)
     return _Run(context, model, tokenizer, structure, original, vectors, batches, steps, start, records,
-                corpora.keywords, calibration)
+                corpora.keywords, calibration, loss_dims)
+
+
+def _loss_dims(config: UnlearnConfig, runner: LayerRunner, batches, device, calibration: dict | None,
+               hidden_size: int) -> tuple[dict[str, torch.Tensor | None], dict | None]:
+    """Per topic the dimensions the forget loss uses (None: all), and what run.json records of them.
+
+    ``--loss-dims informative`` / ``forget-informative`` leave out the massive dimensions of the topic's
+    first frozen forget batch: the calibration's (``--auto``) when it ran, else measured here the same way.
+    """
+    if config.loss_dims == "all":
+        return dict.fromkeys(config.topics), None
+    if calibration is not None:
+        massive = {t["topic"]: t["massive_dims"] for t in calibration["topics"]}
+    else:
+        massive = scale.massive_dims(config, runner, batches, device)
+    dims = {topic: informative_dims(hidden_size, massive[topic], device) for topic in config.topics}
+    return dims, {"loss_dims": config.loss_dims, "massive_dims": massive,
+                  "informative_dims": {topic: int(d.numel()) for topic, d in dims.items()}}
 
 
 def _loop(run: _Run, plan: run_folder.OutputPlan, callbacks: tuple[Callback, ...], progress: bool) -> None:
@@ -391,11 +415,12 @@ def _finish(run: _Run, plan: run_folder.OutputPlan, loaded_from_source: bool, pr
         original_weights=run.original, loaded_from_source=loaded_from_source,
         # Every rank takes part in gathering FSDP shards; plain tensors are shared, not copied.
         final_weights={n: distributed.full_tensor(p.detach()) for n, p in context.tensors.in_model.items()},
-        keywords=run.keywords,
+        keywords=run.keywords, loss_dims=run.loss_dims,
     )
     result.calibration = run.calibration
     report = health.diagnose(config, context.runner, run.batches, run.vectors, context.coefficients, run.records,
-                             context.ranks.device, lambda batch: loss_mask(batch, config))
+                             context.ranks.device, lambda batch: loss_mask(batch, config), context.dims,
+                             retain_on_all_dims=config.loss_dims != "informative")
     result.health = report.to_dict()
     if progress:
         progress_write("\n".join(report.lines()), file=sys.stderr)
@@ -429,9 +454,10 @@ def _coefficient_from_updated(config: UnlearnConfig) -> bool:
     return config.method == "adaptive" and config.adaptive_rule == "first-batch" and config.adaptive_source == "updated"
 
 
-def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, device) -> dict[str, float | None]:
-    """Per topic: c for RMU, the first-batch coefficient for Adaptive RMU; None for per-sample and
-    for coefficients taken from the updated model during the run."""
+def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, device,
+                        dims: dict[str, torch.Tensor | None]) -> dict[str, float | None]:
+    """Per topic: c for RMU, the first-batch coefficient for Adaptive RMU (the norm over the topic's
+    ``dims``); None for per-sample and for coefficients taken from the updated model during the run."""
     coefficients: dict[str, float | None] = {}
     for index, topic in enumerate(config.topics):
         if config.method == "rmu":
@@ -442,7 +468,8 @@ def _fixed_coefficients(config: UnlearnConfig, runner: LayerRunner, batches, dev
             forget_batch = batches[index][0][0].to(device)
             frozen = runner.frozen(forget_batch)
             mask = loss_mask(forget_batch, config)
-            coefficients[topic] = rules.first_batch_coefficient(config.beta[index], frozen.output, mask)
+            coefficients[topic] = rules.first_batch_coefficient(config.beta[index],
+                                                                select_dims(frozen.output, dims[topic]), mask)
     return coefficients
 
 
@@ -495,6 +522,8 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
     topic_index = step % len(config.topics)  # topics take turns, one batch per step
     topic = config.topics[topic_index]
     u = context.targets[topic]
+    dims = context.dims.get(topic)  # --loss-dims informative: the losses see these dimensions only
+    retain_dims = dims if config.loss_dims == "informative" else None  # forget-informative: retain on all
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
     # Full-batch masks: checked and used for the rank shares, then sliced to this rank's rows.
@@ -512,17 +541,20 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
     retain_mask = None if retain_mask is None else retain_mask[retain_share.rows]
     frozen_forget = runner.frozen(forget)
     frozen_retain = runner.frozen(retain)
-    retain_target = _retain_target(config, frozen_retain.output, context.noise, retain_rows, retain_share.rows)
+    frozen_forget_output = select_dims(frozen_forget.output, dims)
+    retain_target = select_dims(_retain_target(config, frozen_retain.output, context.noise, retain_rows,
+                                               retain_share.rows), retain_dims)
     in_model_dtype = config.loss_dtype == "model"
     alpha = config.alpha[topic_index]
 
     def forget_error_of(updated_forget: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        updated_forget = select_dims(updated_forget, dims)
         if coefficients[topic] is None and _coefficient_from_updated(config):
             coefficients[topic] = _updated_coefficient(config, ranks, topic_index, updated_forget, forget_mask,
                                                        forget_rows)
         scalar = coefficients[topic]
         if scalar is None:  # Adaptive RMU, per-sample rule
-            coeff = rules.per_sample_coefficients(config.beta[topic_index], frozen_forget.output, forget_mask)
+            coeff = rules.per_sample_coefficients(config.beta[topic_index], frozen_forget_output, forget_mask)
         else:
             coeff = torch.full((forget.input_ids.shape[0],), scalar, device=u.device)
         target = _forget_target(config, coeff, scalar, u)
@@ -540,7 +572,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
 
     def retain_part():
         updated = runner.updated(frozen_retain)
-        error = alpha * masked_mse(updated, retain_target, retain_mask, in_model_dtype)
+        error = alpha * masked_mse(select_dims(updated, retain_dims), retain_target, retain_mask, in_model_dtype)
         loss = ranks.sum(error.detach() * retain_share.weight)
         _check_finite(loss, "retain", step, topic)
         return updated, error * (retain_share.weight * gradient_scale), loss
@@ -574,8 +606,8 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
         "retain_loss": retain_loss.item(),
         # a fixed coefficient exactly (a resumed run takes an Adaptive one taken during the run from here)
         "coeff": coefficients[topic] if coefficients[topic] is not None else batch_mean(coeff),
-        "forget_norm": batch_mean(rules.mean_token_norm(updated_forget.detach(), real)),
-        "frozen_forget_norm": batch_mean(rules.mean_token_norm(frozen_forget.output, real)),
+        "forget_norm": batch_mean(rules.mean_token_norm(select_dims(updated_forget.detach(), dims), real)),
+        "frozen_forget_norm": batch_mean(rules.mean_token_norm(frozen_forget_output, real)),
     }
     if config.verbose_metrics:
         record |= _verbose_metrics(updated_forget.detach(), frozen_forget.output, updated_retain.detach(),

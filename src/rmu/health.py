@@ -26,8 +26,10 @@ logged on the ``rmu.health`` logger (stderr by default) and kept in run.json und
 * ``massive-activations``: a few dimensions (``rmu.scale.massive_activations``) hold more than
   ``MASSIVE_SHARE_HIGH`` (90%) of the frozen forget states' |h|^2. The coefficient, the distance and the
   progress then measure those dimensions, not the text's content, and the lr advice above is
-  replaced: in Gemma 3 270M (98% in 6 dimensions at layer 7) a 10x lr moved the states less and
-  cost retain accuracy (docs/tuning.md, section 4).
+  replaced by ``--loss-dims informative``: in Gemma 3 270M (98% in 6 dimensions at layer 7) a 10x lr
+  moved the states less and cost retain accuracy (docs/tuning.md, section 4). With
+  ``--loss-dims informative`` every measurement but the massive share is taken, as the losses were,
+  on the other dimensions (u restricted to them), and this warning is not given.
 
 With no warning the verdict is ``ok``. The thresholds are rules of thumb from the demo runs on
 SmolLM2 (see docs/tuning.md), not guarantees: the accuracy on questions is the real test.
@@ -42,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rmu import rules, scale
+from rmu.losses import informative_vector, select_dims
 
 logger = logging.getLogger("rmu.health")
 
@@ -69,6 +72,12 @@ class TopicHealth:
     forget_loss_last: float | None
     massive_share: float = 0.0  # share of the frozen forget states' |h|^2 in their massive dimensions
     informative_norm: float = 0.0  # mean per-token norm of those states without the massive dimensions
+    # --loss-dims: "informative" when the losses, and so every measurement above but the massive
+    # share and informative_norm, left out the massive dimensions
+    loss_dims: str = "all"
+    # with "informative": the retain drift over every dimension, the massive ones included (which
+    # neither loss holds), as |h_new - h_old| / |h_old| over all dimensions
+    retain_drift_all_dims: float | None = None
 
     @property
     def forget_loss_ratio(self) -> float | None:
@@ -105,6 +114,9 @@ class HealthReport:
                         f"{t.progress:.0%} of the way to c*u; retain drift {t.retain_drift:.1%} of its norm; "
                         f"{t.massive_share:.1%} of |h|^2 in massive dimensions (norm without them "
                         f"{t.informative_norm:.4g})")
+            if t.retain_drift_all_dims is not None:
+                out[-1] += (f"; --loss-dims {t.loss_dims}: measured without the massive dimensions where the "
+                            f"losses left them out (retain drift over all dimensions {t.retain_drift_all_dims:.1%})")
         out += [f"  warning: {w['message']}" for w in self.warnings]
         return out
 
@@ -115,21 +127,26 @@ def _rounded(value):
 
 @torch.no_grad()
 def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float | None, beta: float,
-                  mask_of, device, records: list[dict]) -> TopicHealth:
+                  mask_of, device, records: list[dict], dims: torch.Tensor | None = None,
+                  retain_on_all_dims: bool = False) -> TopicHealth:
     """Layer-l statistics of one topic on its first ``HEALTH_BATCHES`` (forget, retain) batch pairs.
 
     ``coefficient``: the topic's fixed c, or None for Adaptive RMU's per-sample rule (then beta x
-    each row's norm). ``mask_of(batch)``: the positions the losses use (None for all).
+    each row's norm). ``mask_of(batch)``: the positions the losses use (None for all). ``dims``: the
+    dimensions the forget loss uses (``--loss-dims informative``; None for all), where ``u`` lives too;
+    norms, cosines, progress and drift are measured there (the drift on every dimension with
+    ``retain_on_all_dims``, as ``--loss-dims forget-informative``'s retain loss), the massive share on
+    every dimension.
     """
     sums = dict.fromkeys(("coeff", "frozen_norm", "norm", "frozen_cos", "cos", "progress", "retain_norm",
-                          "drift", "massive_share", "informative_norm"), 0.0)
+                          "drift", "massive_share", "informative_norm", "retain_norm_all", "drift_all"), 0.0)
     forget_tokens = retain_tokens = 0
     for forget, retain in pairs[:HEALTH_BATCHES]:
         forget, retain = forget.to(device), retain.to(device)
         real = _positions(forget, mask_of(forget))
         frozen = runner.frozen(forget)
-        updated = runner.updated(frozen).float()
-        original = frozen.output.float()
+        updated = select_dims(runner.updated(frozen).float(), dims)
+        original = select_dims(frozen.output.float(), dims)
         if coefficient is None:
             coeff = rules.per_sample_coefficients(beta, original, mask_of(forget))
         else:
@@ -147,17 +164,20 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         }
         for key, values in per_token.items():
             sums[key] += float(values[real].sum())
-        massive = scale.massive_activations(original, real)  # weighted by the batch's tokens below
+        massive = scale.massive_activations(frozen.output, real)  # weighted by the batch's tokens below
         sums["massive_share"] += massive.share * int(real.sum())
         sums["informative_norm"] += massive.other_norm * int(real.sum())
         forget_tokens += int(real.sum())
 
         real = _positions(retain, mask_of(retain))
         frozen = runner.frozen(retain)
-        updated = runner.updated(frozen).float()
-        original = frozen.output.float()
+        updated_all, original_all = runner.updated(frozen).float(), frozen.output.float()
+        retain_dims = None if retain_on_all_dims else dims
+        updated, original = select_dims(updated_all, retain_dims), select_dims(original_all, retain_dims)
         sums["retain_norm"] += float(original.norm(dim=-1)[real].sum())
         sums["drift"] += float((updated - original).norm(dim=-1)[real].sum())
+        sums["retain_norm_all"] += float(original_all.norm(dim=-1)[real].sum())
+        sums["drift_all"] += float((updated_all - original_all).norm(dim=-1)[real].sum())
         retain_tokens += int(real.sum())
     forget_tokens, retain_tokens = max(forget_tokens, 1), max(retain_tokens, 1)
     losses = [r["forget_loss"] for r in records if r.get("topic") == topic]
@@ -177,6 +197,9 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         forget_loss_last=losses[-1] if losses else None,
         massive_share=sums["massive_share"] / forget_tokens,
         informative_norm=sums["informative_norm"] / forget_tokens,
+        loss_dims="all" if dims is None else "forget-informative" if retain_on_all_dims else "informative",
+        retain_drift_all_dims=None if dims is None else (
+            (sums["drift_all"] / retain_tokens) / max(sums["retain_norm_all"] / retain_tokens, 1e-12)),
     )
 
 
@@ -207,13 +230,14 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
                  f"the coefficient ({t.coefficient:.4g}) is {ratio:.2g}x the layer's norm ({t.frozen_forget_norm:.4g}): "
                  f"the forget loss shrinks h instead of turning it to u; raise --steering-coeff to about "
                  f"{2 * t.frozen_forget_norm:.3g} (2x the norm), use --auto coeff or --method adaptive")
-        massive = t.massive_share > MASSIVE_SHARE_HIGH
+        # With --loss-dims informative the losses and every measurement here leave them out already.
+        massive = t.massive_share > MASSIVE_SHARE_HIGH and t.loss_dims == "all"
         if massive:
             warn("massive-activations", t.topic,
                  f"a few dimensions hold {t.massive_share:.1%} of the layer's |h|^2 (massive activations; norm "
                  f"{t.frozen_forget_norm:.4g}, {t.informative_norm:.4g} without them): the coefficient and the "
-                 f"progress measure those dimensions, and raising --lr did not help on such a model "
-                 f"(docs/tuning.md, section 4); judge the run by its accuracy")
+                 f"progress measure those dimensions, and raising --lr did not help on such a model; use "
+                 f"--loss-dims informative to compute the losses without them (docs/tuning.md, section 4)")
         if t.progress < PROGRESS_LOW:
             warn("forget-did-not-move", t.topic,
                  f"the forget representations did not move ({t.progress:.0%} of the way to the target, "
@@ -231,15 +255,20 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
 
 
 def diagnose(config, runner, batches, vectors: dict[str, torch.Tensor], coefficients: dict[str, float | None],
-             records: list[dict], device, mask_of) -> HealthReport:
-    """The health report of a finished run (see the module docstring); logs its warnings."""
+             records: list[dict], device, mask_of, dims: dict[str, torch.Tensor | None] | None = None,
+             retain_on_all_dims: bool = False) -> HealthReport:
+    """The health report of a finished run (see the module docstring); logs its warnings.
+
+    ``dims``: per topic the dimensions the forget loss used (``--loss-dims``; None: all), and the retain
+    loss too unless ``retain_on_all_dims``."""
     topics = []
+    dims = dims or {}
     for index, topic in enumerate(config.topics):
         if not batches[index]:
             continue
-        u = vectors[topic].to(device, torch.float32)
+        u = informative_vector(vectors[topic].float(), dims.get(topic)).to(device, torch.float32)
         topics.append(measure_topic(runner, topic, batches[index], u, coefficients[topic], config.beta[index],
-                                    mask_of, device, records))
+                                    mask_of, device, records, dims.get(topic), retain_on_all_dims))
     warnings = verdicts(topics, config.method)
     for warning in warnings:
         logger.warning(warning["message"])

@@ -45,3 +45,26 @@ def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
         first_real = attention.argmax(dim=1)  # left or right padding: the first 1 of each row
         mask[torch.arange(mask.shape[0], device=mask.device), first_real] = 0
     return mask
+
+
+def informative_dims(hidden_size: int, massive: list[int], device=None) -> torch.Tensor:
+    """The indices of the hidden dimensions that are not in ``massive`` (``--loss-dims informative``)."""
+    keep = torch.ones(hidden_size, dtype=torch.bool)
+    keep[list(massive)] = False
+    if not keep.any():
+        raise ValueError(f"every one of the {hidden_size} dimensions is massive; use --loss-dims all")
+    return keep.nonzero().flatten().to(device)
+
+
+def select_dims(hidden: torch.Tensor, dims: torch.Tensor | None) -> torch.Tensor:
+    """``hidden`` (..., d) restricted to the dimensions ``dims``; itself, untouched, when ``dims`` is None."""
+    return hidden if dims is None else hidden.index_select(-1, dims.to(hidden.device))
+
+
+def informative_vector(u: torch.Tensor, dims: torch.Tensor | None) -> torch.Tensor:
+    """The control vector in the dimensions the losses use: u restricted to ``dims`` and renormalised to
+    unit length (so that c u has length c there); u itself when ``dims`` is None."""
+    if dims is None:
+        return u
+    restricted = select_dims(u.float(), dims)
+    return (restricted / restricted.norm().clamp_min(1e-30)).to(u.dtype)

@@ -283,4 +283,5 @@ def run_summary(result, structure) -> dict:
         "steps": result.records,
         "health": getattr(result, "health", None),  # rmu.health: did the run work?
         "calibration": getattr(result, "calibration", None),  # rmu.scale, when --auto was given
+        "loss_dims": getattr(result, "loss_dims", None),  # --loss-dims informative: the massive dimensions left out
     }

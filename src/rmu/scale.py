@@ -34,7 +34,9 @@ the token-dependent rest that carries what the model knows about the text. Gemma
 The calibration records them (:func:`massive_activations`: dimensions whose mean square over the
 batch's tokens exceeds ``MASSIVE_FACTOR`` x the median dimension's; their share of |h|^2; the norm
 without them) and the health report warns when they dominate (docs/tuning.md, section 4, has the
-measurements and why the rule's settings then miss).
+measurements and why the rule's settings then miss). With ``--loss-dims informative`` the losses
+leave those dimensions out, and so does the rule: N, R, c = 2N, D and the first-step approach are
+measured on the other dimensions, with u restricted to them (``rmu.losses.informative_vector``).
 
 The calibration costs, per topic, one frozen pass of layers 0..l on a forget and a retain batch,
 one forward+backward and one forward of the updated layers. Enabled per setting by
@@ -65,6 +67,7 @@ class CalibrationError(RuntimeError):
 @dataclass
 class TopicScale:
     topic: str
+    # The norms, c, D and the approach are over the dimensions the losses use (--loss-dims).
     forget_norm: float  # mean per-token norm of the frozen layer-l forget states
     retain_norm: float  # the same on retain states
     coefficient: float  # c the run uses (RMU), or beta x forget_norm (Adaptive RMU)
@@ -98,6 +101,24 @@ def massive_activations(hidden: torch.Tensor, real: torch.Tensor) -> MassiveActi
                               float(tokens[:, ~massive].norm(dim=-1).mean()))
 
 
+def massive_dims(config, runner, batches, device) -> dict[str, list[int]]:
+    """Per topic, the massive dimensions of the frozen layer-l states of its first forget batch, over
+    the positions the losses use: what ``--loss-dims informative`` leaves out when no calibration
+    (``--auto``) has measured them already (the calibration measures the same batch the same way)."""
+    from rmu.losses import loss_mask
+
+    found = {}
+    for index, topic in enumerate(config.topics):
+        if not batches[index]:
+            found[topic] = []
+            continue
+        forget = batches[index][0][0].to(device)
+        mask = loss_mask(forget, config)
+        real = (forget.attention_mask if mask is None else mask).bool()
+        found[topic] = massive_activations(runner.frozen(forget).output, real).dims
+    return found
+
+
 def probe_step(parameters: list[torch.Tensor], relative: float) -> float:
     """The finite-difference step: ``relative`` x the RMS of the *smallest* trained tensor.
 
@@ -116,16 +137,17 @@ def significant(value: float, digits: int = 3) -> float:
 
 
 def _response(runner, trained: dict[str, torch.nn.Parameter], frozen, target: torch.Tensor,
-              mask: torch.Tensor | None, real: torch.Tensor) -> tuple[float, float]:
+              mask: torch.Tensor | None, real: torch.Tensor, dims: torch.Tensor | None = None) -> tuple[float, float]:
     """Per unit lr of a sign step (Adam's first step): how far h_l moves, and how much closer to c*u.
 
-    Both are means over tokens of a finite difference of step eps, divided by eps.
+    Both are means over tokens of a finite difference of step eps, divided by eps; measured, as the
+    losses, on the dimensions ``dims`` (None: all).
     """
-    from rmu.losses import masked_mse
+    from rmu.losses import masked_mse, select_dims
 
     parameters = list(trained.values())
     with torch.enable_grad():
-        before = runner.stack(frozen.hidden_in, frozen.calls)
+        before = select_dims(runner.stack(frozen.hidden_in, frozen.calls), dims)
         gradients = torch.autograd.grad(masked_mse(before, target, mask), parameters)
     half = any(p.dtype != torch.float32 for p in parameters)
     eps = probe_step(parameters, EPS_RELATIVE_HALF if half else EPS_RELATIVE)
@@ -134,7 +156,7 @@ def _response(runner, trained: dict[str, torch.nn.Parameter], frozen, target: to
         try:
             for parameter, gradient in zip(parameters, gradients):
                 parameter.sub_(eps * gradient.sign().to(parameter.dtype))
-            after = runner.stack(frozen.hidden_in, frozen.calls)
+            after = select_dims(runner.stack(frozen.hidden_in, frozen.calls), dims)
         finally:
             for parameter, value in zip(parameters, saved):
                 parameter.copy_(value)
@@ -152,7 +174,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
     topic is measured. ``trained``: the model's trained tensors (restored after the probe step).
     """
     from rmu import rules
-    from rmu.losses import loss_mask
+    from rmu.losses import informative_dims, informative_vector, loss_mask, select_dims
 
     auto = set(config.auto)
     topics = []
@@ -168,10 +190,15 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
         forget_real = (forget.attention_mask if forget_mask is None else forget_mask).bool()
         retain_real = (retain.attention_mask if retain_mask is None else retain_mask).bool()
         frozen = runner.frozen(forget)
-        original = frozen.output.float()
+        massive = massive_activations(frozen.output, forget_real)
+        # --loss-dims informative: N, R, c, D and the approach measured where the forget loss acts (R
+        # there too with forget-informative: alpha balances the two pulls per dimension where both act)
+        dims = (informative_dims(frozen.output.shape[-1], massive.dims, device)
+                if config.loss_dims != "all" else None)
+        original = select_dims(frozen.output.float(), dims)
         forget_norm = float(original.norm(dim=-1)[forget_real].mean())
-        massive = massive_activations(original, forget_real)
-        retain_norm = float(runner.frozen(retain).output.float().norm(dim=-1)[retain_real].mean())
+        retain_hidden = select_dims(runner.frozen(retain).output.float(), dims)
+        retain_norm = float(retain_hidden.norm(dim=-1)[retain_real].mean())
         if config.method == "adaptive":
             coefficient = rules.first_batch_coefficient(betas[index], original, forget_mask)
         elif "coeff" in auto:
@@ -179,10 +206,10 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
             coefficients[index] = coefficient
         else:
             coefficient = float(coefficients[index])
-        u = vectors[topic].to(device, torch.float32)
+        u = informative_vector(vectors[topic].float(), dims).to(device, torch.float32)
         target = coefficient * u
         distance = float((original - target).norm(dim=-1)[forget_real].mean())
-        response, approach = _response(runner, trained, frozen, target, forget_mask, forget_real)
+        response, approach = _response(runner, trained, frozen, target, forget_mask, forget_real, dims)
         topic_steps = max(1, math.ceil(steps / len(config.topics)))
         topics.append(TopicScale(
             topic=topic, forget_norm=forget_norm, retain_norm=retain_norm, coefficient=coefficient,
@@ -203,6 +230,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
         "auto": sorted(auto),
         "rule": {"coeff_ratio": COEFF_RATIO, "retain_balance": RETAIN_BALANCE, "reach": REACH,
                  "massive_factor": MASSIVE_FACTOR},
+        "loss_dims": config.loss_dims,  # informative: the norms above leave out massive_dims
         "topics": [{k: significant(v, 5) if isinstance(v, float) else v for k, v in asdict(t).items()}
                    for t in topics],
         "chosen": updates,

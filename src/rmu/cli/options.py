@@ -97,6 +97,10 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
     "auto": _option("--auto", help="Scale rule: calibrate these settings from the model's measured layer norms "
         "instead of taking them as given: lr, alpha, coeff (comma-separated) or all. "
         "See docs/tuning.md."),
+    "loss_dims": _option("--loss-dims", type=click.Choice(["all", "informative", "forget-informative"]),
+        help="Dimensions of the layer output the losses use: all (default), informative (leave out the few "
+        "massive, nearly constant dimensions; for models such as Gemma 3; see docs/tuning.md) or "
+        "forget-informative (the forget loss without them, the retain loss on all)."),
     "keyword_robust": _option("--keyword-robust/--no-keyword-robust", default=None,
         help="Train on retain documents that mention forget-topic keywords in neutral sentences, so a forget "
         "word in an unrelated prompt no longer triggers the forgetting (default off; see rmu.keywords)."),
@@ -109,7 +113,7 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
 # The options of every run of a sweep or a study (the rest each sets itself: method, layer, output, ...).
 SWEEP_RUN_OPTIONS = ("config_file", "model", "forget", "retain", "steering_coeff", "beta", "adaptive_rule", "alpha",
                      "lr", "steps", "batch_size", "max_len", "retain_max_len", "min_len", "seed", "params",
-                     "mask_padding", "mask_first_token", "dtype", "device")
+                     "mask_padding", "mask_first_token", "loss_dims", "dtype", "device")
 # How they read there: the model is loaded once, whole, and evaluated (no hub id, no "auto" dtype).
 MANY_RUNS = {
     "config_file": dict(help="YAML file of unlearning options (as for rmu unlearn); flags override it."),
