@@ -147,22 +147,37 @@ def insert_sentence(text: str, sentence: str, position: str, where: float = 0.0)
 
     ``where`` in [0, 1) picks the boundary for "inside": 0 after the first sentence, near 1 before the last.
     """
+    return insert_sentence_at(text, sentence, position, where)[0]
+
+
+def insert_sentence_at(text: str, sentence: str, position: str, where: float = 0.0) -> tuple[str, int]:
+    """:func:`insert_sentence`'s text and the character where ``sentence`` starts in it."""
     if position == "before":
-        return f"{sentence} {text}"
+        return f"{sentence} {text}", 0
     if position == "after":
-        return f"{text} {sentence}"
+        return f"{text} {sentence}", len(text) + 1
     if position != "inside":
         raise KeywordError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
     parts = _SENTENCE_END.split(text)
     if len(parts) < 2:
-        return f"{sentence} {text}"
+        return f"{sentence} {text}", 0
     cut = 1 + min(int(where * (len(parts) - 1)), len(parts) - 2)
-    return " ".join([*parts[:cut], sentence, *parts[cut:]])
+    head = " ".join(parts[:cut])
+    return " ".join([head, sentence, *parts[cut:]]), len(head) + 1
+
+
+Span = tuple[int, int]  # characters [start, end) of an inserted sentence
 
 
 def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
                       templates: Sequence[str] = TRAINING_TEMPLATES) -> list[str]:
     """``documents`` with a share ``fraction`` of them carrying one keyword sentence from ``templates``."""
+    return [text for text, _ in augment_with_spans(documents, keywords, seed, fraction, templates)]
+
+
+def augment_with_spans(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
+                       templates: Sequence[str] = TRAINING_TEMPLATES) -> list[tuple[str, Span | None]]:
+    """:func:`augment_documents`, each document with the span of its inserted sentence (None: unchanged)."""
     if not keywords:
         raise KeywordError("no keyword to insert: give --keywords FILE or relax the extraction rule")
     rng = random.Random(f"rmu-keyword-robust:{seed}")
@@ -172,7 +187,11 @@ def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: i
         chosen = rng.random() < fraction
         sentence = fill_template(rng.choice(templates), keywords, rng)
         position, where = rng.choice(POSITIONS), rng.random()
-        augmented.append(insert_sentence(document, sentence, position, where) if chosen else document)
+        if chosen:
+            text, start = insert_sentence_at(document, sentence, position, where)
+            augmented.append((text, (start, start + len(sentence))))
+        else:
+            augmented.append((document, None))
     return augmented
 
 
@@ -183,7 +202,9 @@ def augment_corpora(config, corpora):
     """``--keyword-robust``: the engine's corpora with keyword-augmented retain batches.
 
     ``corpora`` holds topic -> batches -> documents (``rmu.engine._Corpora``); retain lists shared
-    between topics stay shared. Returns a copy whose ``keywords`` is the summary saved with the run.
+    between topics stay shared. Returns a copy whose ``keywords`` is the summary saved with the run and,
+    with ``keyword_mask``, whose ``retain_inserted`` holds each retain document's inserted span (or None),
+    batched as the documents.
     """
     from dataclasses import replace
 
@@ -208,16 +229,19 @@ def augment_corpora(config, corpora):
             chosen += [k.word for k in found]
         chosen = list(dict.fromkeys(chosen))
         source = "found"
-    augmented = {}
+    augmented, inserted = {}, {}
     for index, (key, documents) in enumerate(retain_documents.items()):
-        augmented[key] = consecutive_batches(
-            # TRAINING_TEMPLATES read at call time: rmu.demo.keyword_robustness swaps it to measure candidates
-            augment_documents(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction, TRAINING_TEMPLATES),
-            config.batch_size)
+        # TRAINING_TEMPLATES read at call time: rmu.demo.keyword_robustness swaps it to measure candidates
+        pairs = augment_with_spans(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction,
+                                   TRAINING_TEMPLATES)
+        augmented[key] = consecutive_batches([text for text, _ in pairs], config.batch_size)
+        inserted[key] = consecutive_batches([span for _, span in pairs], config.batch_size)
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
                "fraction": config.keyword_fraction, "templates": list(TRAINING_TEMPLATES),
-               "keywords": chosen, "per_topic": per_topic}
-    return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary)
+               "mask_inserted": config.keyword_mask, "keywords": chosen, "per_topic": per_topic}
+    return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary,
+                   retain_inserted=[inserted[id(batches)] for batches in corpora.retain] if config.keyword_mask
+                   else None)
 
 
 def save_keywords(folder: Path | None, summary: dict | None) -> None:

@@ -44,6 +44,13 @@ VARIANTS = {
     "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0,
                                "templates": "neutral"},
     "rmu+kr0.25": {"method": "rmu", "keyword_robust": True, "keyword_fraction": 0.25},
+    # --keyword-mask: the retain loss leaves out the inserted sentence's own tokens (issue #12, animals)
+    "adaptive+kr-mask": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True},
+    "adaptive+kr-mask-neutral": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
+                                 "templates": "neutral"},
+    "adaptive+kr-mask0.25": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
+                             "keyword_fraction": 0.25},
+    "rmu+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
 }
