@@ -108,6 +108,9 @@ class TuneSettings:
     prune: bool = True
     keyword_weight: float = 0.0  # > 0: the objective counts the retain accuracy lost to forget keywords
     keywords: str | None = None  # keyword file (one a line); default: found from the forget and retain corpora
+    # sentences with {keyword} the keyword objective puts before each retain question; default: the three
+    # held-out templates of rmu attack keywords, which do not name the topic
+    keyword_templates: tuple[str, ...] | None = None
 
 
 # ---- questions -------------------------------------------------------------------------------------
@@ -150,12 +153,32 @@ def study_keywords(base: dict, settings: TuneSettings) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def keyword_tasks(retain: list[Task], keywords: list[str]) -> list[Task]:
-    """The retain questions with one forget keyword sentence before each, once per held-out template."""
+def keyword_tasks(retain: list[Task], keywords: list[str], templates: Sequence[str] | None = None) -> list[Task]:
+    """The retain questions with one forget keyword sentence before each, once per template
+    (default: the held-out templates of ``rmu attack keywords``)."""
     from rmu.attacks.keywords import HELD_OUT_TEMPLATES, insert_keywords
 
     return [dataclasses.replace(insert_keywords(task, keywords, template, seed=index), name=f"{task.name}+kw{index}")
-            for task in retain for index, template in enumerate(HELD_OUT_TEMPLATES)]
+            for task in retain for index, template in enumerate(templates or HELD_OUT_TEMPLATES)]
+
+
+def check_keyword_templates(settings: TuneSettings) -> None:
+    """``--keyword-template``: each a sentence with ``{keyword}`` and no other field, used with --keyword-weight."""
+    if settings.keyword_templates is None:
+        return
+    if settings.keyword_weight <= 0:
+        raise TuneError("--keyword-template is used by the keyword objective; add --keyword-weight W (> 0) or drop "
+                        "--keyword-template")
+    if not settings.keyword_templates:
+        raise TuneError("--keyword-template: give at least one template, e.g. '{keyword} is a chemical element.'")
+    for template in settings.keyword_templates:
+        try:
+            filled = template.format(keyword="x")
+        except (KeyError, IndexError, ValueError):
+            filled = None
+        if "{keyword}" not in template or filled is None:
+            raise TuneError(f"--keyword-template {template!r}: write a sentence with {{keyword}} and no other "
+                            "{...} field, e.g. '{keyword} is a chemical element.'")
 
 
 class _Scorer:
@@ -168,7 +191,7 @@ class _Scorer:
         self.forget = [t.head(settings.limit) for t in forget]
         self.retain = [t.head(settings.limit) for t in retain]
         self.keywords = keywords
-        self.retain_keyword = keyword_tasks(self.retain, keywords) if keywords else []
+        self.retain_keyword = keyword_tasks(self.retain, keywords, settings.keyword_templates) if keywords else []
         self.general_text = general_text
         self.settings = settings
         self.chance = _chance(self.forget)
@@ -351,6 +374,8 @@ def _settings_of(values: dict) -> dict:
 
 def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
     keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
+    if settings.keyword_templates is None:  # studies begun before --keyword-template existed continue
+        keep.pop("keyword_templates")
     return json.loads(json.dumps({"base": base, "settings": keep, "tasks": tasks}, default=str))
 
 
@@ -378,6 +403,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         raise TuneError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
     if settings.trials < 1 or settings.seeds < 1:
         raise TuneError("--trials and --seeds must be at least 1")
+    check_keyword_templates(settings)
     make_config(values)  # a bad base configuration fails here, before the model is loaded
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
