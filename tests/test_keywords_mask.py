@@ -177,3 +177,20 @@ def test_two_processes_mask_alike(corpora, tmp_path):  # noqa: F811
     expected = load_file(str(tmp_path / "single" / "model.safetensors"))
     for name in single.trained_parameters:
         torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_cli_option_reaches_the_run(tmp_path, corpora):  # noqa: F811
+    from click.testing import CliRunner
+
+    from rmu.cli import main
+
+    forget, retain = corpora
+    model = save_tiny_model(tmp_path / "model", num_layers=5)
+    arguments = ["unlearn", "--model", str(model), "--forget", f"bio={forget['bio']}", "--retain", retain, "--layer",
+                 "3", "--steps", "2", "--batch-size", "3", "--min-len", "0", "--keyword-mask", "--quiet"]
+    result = CliRunner().invoke(main, [*arguments, "--keyword-robust", "--output", str(tmp_path / "run")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["keyword_mask"] is True
+    refused = CliRunner().invoke(main, [*arguments, "--output", str(tmp_path / "other")])
+    assert refused.exit_code != 0 and "add --keyword-robust" in refused.output

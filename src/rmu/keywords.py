@@ -31,6 +31,19 @@ one-sentence document takes "inside" as "before"). Which documents, templates, k
 places are drawn from ``random.Random(f"rmu-keyword-robust:{seed}:{retain index}")`` over the
 corpus in file order, before batching: the same on every rank and on resume. Augmented documents
 replace the originals in place, so batches, step counts and the forget side are unchanged.
+
+**The retain loss on the inserted sentence** (``keyword_mask``, ``--keyword-mask``): by default the
+retain loss holds the frozen model's representation at every position of an augmented document,
+the inserted sentence's own tokens included. With ``keyword_mask`` those tokens are left out of the
+retain loss (and of the retain norms the health report and the scale rule read): each augmented
+document carries the character span of its sentence (:func:`augment_with_spans`), and
+:func:`rmu.data.tokenize` marks the tokens whose characters overlap it (the tokenizer's offset
+mapping, so either padding side and truncation are handled; a fast tokenizer is needed) in
+``TokenBatch.excluded``, which :func:`rmu.losses.loss_mask` removes. Only the document's own text
+around the sentence is then held: a keyword must not change what the unrelated text after it means,
+while the keyword sentence itself may be steered like forget text. A sentence after the document
+is then left out whole and changes nothing (causal attention). The spans come from the same draws,
+so ranks and resumed runs agree. Measured in ``docs/robustness.md`` (animals and elements).
 """
 
 from __future__ import annotations
