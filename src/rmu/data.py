@@ -242,9 +242,10 @@ def tokenize(tokenizer, texts: list[str], max_len: int,
     encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len,
                         return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]  # (batch, tokens, 2); (0, 0) for pads and special tokens
+    real = encoded["attention_mask"].bool()
     excluded = torch.zeros(offsets.shape[:2], dtype=torch.bool)
     for row, span in enumerate(excluded_spans):
         if span is not None:
             start, end = span
-            excluded[row] = (offsets[row, :, 0] < end) & (offsets[row, :, 1] > start) & encoded["attention_mask"][row].bool()
+            excluded[row] = (offsets[row, :, 0] < end) & (offsets[row, :, 1] > start) & real[row]
     return TokenBatch(encoded["input_ids"], encoded["attention_mask"], excluded)

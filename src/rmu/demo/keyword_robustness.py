@@ -81,7 +81,7 @@ def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str, eva
 def run(output: str | Path, names: list[str] | None = None, model_dir: str | Path | None = None,
         steps: int | None = None, limit: int | None = None, unseen: bool = False, progress: bool = True,
         data: str | Path | None = None, attack_keywords: str | Path | None = None,
-        topic_template: str | None = None, train_keywords: str | Path | None = None) -> dict:
+        topic_template: str | None = None, train_keywords: str | Path | None = None, seed: int | None = None) -> dict:
     """Unlearn and measure each variant of ``names`` (default all); ``steps``, ``limit``: shorter runs (tests).
 
     ``unseen``: measure the keyword drop a second time with element names the corpora never mention.
@@ -89,9 +89,10 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
     retain_questions.jsonl) instead of the demo benchmark, with ``attack_keywords`` (a file, one a line)
     and ``topic_template`` (the topic's own sentence, in place of "{keyword} is a chemical element.").
     ``train_keywords``: a keyword file for the ``--keyword-robust`` variants instead of the extraction.
+    ``seed``: the unlearning seed (control vector, augmentation draws) instead of the demo's.
     """
     torch.set_num_threads(1)
-    settings = dataclasses.replace(DEMO, steps=steps or DEMO.steps)
+    settings = dataclasses.replace(DEMO, steps=steps or DEMO.steps, seed=DEMO.seed if seed is None else seed)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     folder = Path(model_dir) if model_dir else smollm2_path(progress=progress)
@@ -142,7 +143,8 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         print(f"[{name}] forget {entry['forget']:.3f} retain {entry['retain']:.3f} "
               f"keyword drop {entry['keywords_taught']['drop']:.3f} ({entry['seconds']:.0f} s)", flush=True)
     (output / "settings.json").write_text(json.dumps(
-        {"demo": dataclasses.asdict(DEMO), "steps": settings.steps, "limit": limit, "eval_variants": eval_variants,
+        {"demo": dataclasses.asdict(DEMO), "steps": settings.steps, "seed": settings.seed, "limit": limit,
+         "eval_variants": eval_variants,
          "data": str(data) if data else None,
          "model": str(folder)},
         indent=2))
@@ -178,13 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attack-keywords", help="with --data: the attack's keywords, one a line")
     parser.add_argument("--topic-template", help="with --data: the topic's own keyword sentence")
     parser.add_argument("--train-keywords", help="--keyword-robust variants: this keyword file, not the extraction")
+    parser.add_argument("--seed", type=int, help=f"unlearning seed (default the demo's, {DEMO.seed})")
     arguments = parser.parse_args(argv)
     unknown = [v for v in arguments.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps, unseen=arguments.unseen,
         data=arguments.data, attack_keywords=arguments.attack_keywords, topic_template=arguments.topic_template,
-        train_keywords=arguments.train_keywords)
+        train_keywords=arguments.train_keywords, seed=arguments.seed)
 
 
 if __name__ == "__main__":
