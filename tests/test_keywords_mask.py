@@ -111,10 +111,11 @@ def test_a_slow_tokenizer_is_refused(tokenizer):
 
 
 def test_options_are_checked(corpora):  # noqa: F811
-    with pytest.raises(ConfigError, match="--keyword-mask masks the sentences --keyword-robust inserts"):
-        make_config(two_topic_options(corpora, keyword_mask=True))
-    with pytest.raises(ConfigError, match="fast tokenizer"):
-        make_config(two_topic_options(corpora, keyword_robust=True, keyword_mask=True, slow_tokenizer=True))
+    assert make_config(two_topic_options(corpora, keyword_robust=True)).keyword_mask  # the default
+    assert make_config(two_topic_options(corpora, slow_tokenizer=True)).keyword_mask  # unused without the option
+    with pytest.raises(ConfigError, match="fast tokenizer.*--no-keyword-mask"):
+        make_config(two_topic_options(corpora, keyword_robust=True, slow_tokenizer=True))
+    make_config(two_topic_options(corpora, keyword_robust=True, keyword_mask=False, slow_tokenizer=True))
 
 
 def test_the_engine_masks_the_retain_batches_only(corpora):  # noqa: F811
@@ -187,10 +188,10 @@ def test_cli_option_reaches_the_run(tmp_path, corpora):  # noqa: F811
     forget, retain = corpora
     model = save_tiny_model(tmp_path / "model", num_layers=5)
     arguments = ["unlearn", "--model", str(model), "--forget", f"bio={forget['bio']}", "--retain", retain, "--layer",
-                 "3", "--steps", "2", "--batch-size", "3", "--min-len", "0", "--keyword-mask", "--quiet"]
-    result = CliRunner().invoke(main, [*arguments, "--keyword-robust", "--output", str(tmp_path / "run")],
-                                catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["keyword_mask"] is True
-    refused = CliRunner().invoke(main, [*arguments, "--output", str(tmp_path / "other")])
-    assert refused.exit_code != 0 and "add --keyword-robust" in refused.output
+                 "3", "--steps", "2", "--batch-size", "3", "--min-len", "0", "--keyword-robust", "--quiet"]
+    for flags, expected in (([], True), (["--no-keyword-mask"], False)):
+        output = tmp_path / f"run{expected}"
+        result = CliRunner().invoke(main, [*arguments, *flags, "--output", str(output)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert json.loads((output / "run.json").read_text())["config"]["keyword_mask"] is expected
+        assert json.loads((output / KEYWORDS_FILE).read_text())["mask_inserted"] is expected

@@ -195,8 +195,8 @@ def consecutive_batches(documents: list[str], batch_size: int) -> list[list[str]
 class TokenBatch:
     input_ids: torch.Tensor  # (batch, tokens), left padded
     attention_mask: torch.Tensor  # (batch, tokens), 1 on real tokens
-    # (batch, tokens), True on tokens the losses leave out (the inserted sentences of
-    # --keyword-robust --keyword-mask, see tokenize); None: none left out
+    # (batch, tokens), True on tokens the losses leave out (the sentences --keyword-robust inserts,
+    # see tokenize); None: none left out
     excluded: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TokenBatch":
@@ -238,7 +238,7 @@ def tokenize(tokenizer, texts: list[str], max_len: int,
         return TokenBatch(encoded["input_ids"], encoded["attention_mask"])
     if not getattr(tokenizer, "is_fast", False):
         raise DataError("--keyword-mask needs a fast tokenizer (its offset mapping says which tokens are the "
-                        "inserted sentence's); drop --slow-tokenizer or --keyword-mask")
+                        "inserted sentence's); use one, or add --no-keyword-mask")
     encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len,
                         return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]  # (batch, tokens, 2); (0, 0) for pads and special tokens

@@ -3,11 +3,13 @@
 An RMU model steers every token of a forget-like context, so one forget-topic word in front of an
 unrelated question can wreck the answer (``docs/robustness.md``). ``--keyword-robust`` trains on
 retain documents that mention forget keywords in sentences that state nothing true about them;
-the retain loss keeps the frozen model's representation of that augmented text, so the keywords
-alone stop triggering the steering while the forget documents (keywords together with forget
-facts) are still steered. Measured in ``docs/robustness.md``: it works for Adaptive RMU on the
-demo's elements topic, but undoes the forgetting of weak RMU (c = 6.5) and of a topic whose retain
-documents read like its forget documents; compare forget accuracy with and without it.
+the retain loss keeps the frozen model's representation of the document's text around that
+sentence, so the keywords alone stop triggering the steering of the text after them while the
+forget documents (keywords together with forget facts) are still steered. Measured in
+``docs/robustness.md``: it meets issue #12's targets for Adaptive RMU on the demo's elements topic,
+and for RMU with the scale rule's c at alpha 300, but costs forgetting with weak RMU (c = 6.5) and
+on a topic whose retain documents read like its forget documents (animals); compare forget
+accuracy with and without it.
 
 **Keywords** come from ``--keywords FILE`` (one a line) or are found automatically
 (:func:`extract_keywords`): words are lower-cased runs of letters (inner ``'`` and ``-`` kept) of at
@@ -32,10 +34,10 @@ places are drawn from ``random.Random(f"rmu-keyword-robust:{seed}:{retain index}
 corpus in file order, before batching: the same on every rank and on resume. Augmented documents
 replace the originals in place, so batches, step counts and the forget side are unchanged.
 
-**The retain loss on the inserted sentence** (``keyword_mask``, ``--keyword-mask``): by default the
-retain loss holds the frozen model's representation at every position of an augmented document,
-the inserted sentence's own tokens included. With ``keyword_mask`` those tokens are left out of the
-retain loss (and of the retain norms the health report and the scale rule read): each augmented
+**The retain loss on the inserted sentence** (``keyword_mask``, ``--keyword-mask``, on by default
+since 2026-11-30): the inserted sentence's own tokens are left out of the retain loss (and of the
+retain norms the health report and the scale rule read); ``--no-keyword-mask`` holds the frozen
+model's representation at every position of an augmented document, as before. Each augmented
 document carries the character span of its sentence (:func:`augment_with_spans`), and
 :func:`rmu.data.tokenize` marks the tokens whose characters overlap it (the tokenizer's offset
 mapping, so either padding side and truncation are handled; a fast tokenizer is needed) in
@@ -43,7 +45,8 @@ mapping, so either padding side and truncation are handled; a fast tokenizer is 
 around the sentence is then held: a keyword must not change what the unrelated text after it means,
 while the keyword sentence itself may be steered like forget text. A sentence after the document
 is then left out whole and changes nothing (causal attention). The spans come from the same draws,
-so ranks and resumed runs agree. Measured in ``docs/robustness.md`` (animals and elements).
+so ranks and resumed runs agree. Measured in ``docs/robustness.md``: on both topics, over several
+seeds, it forgets more than ``--no-keyword-mask`` with a keyword drop as low.
 """
 
 from __future__ import annotations

@@ -32,18 +32,20 @@ from rmu.loading import load_model
 from rmu.tasks import load_task_file
 
 # name -> options added to the demo's unlearning settings (None: the base model)
+# "+kr": --keyword-robust as first measured, every token held (--no-keyword-mask; the default until
+# 2026-11-30); "+kr-mask": the inserted sentence's tokens left out of the retain loss (today's default).
+KR = {"keyword_robust": True, "keyword_mask": False}
 VARIANTS = {
     "base": None,
     "rmu": {"method": "rmu"},
     "adaptive": {"method": "adaptive"},
-    "rmu+kr": {"method": "rmu", "keyword_robust": True},
-    "adaptive+kr": {"method": "adaptive", "keyword_robust": True},
+    "rmu+kr": {"method": "rmu"} | KR,
+    "adaptive+kr": {"method": "adaptive"} | KR,
     # candidates measured on the way (docs/robustness.md): neutral sentences only, and their share
-    "rmu+kr-neutral": {"method": "rmu", "keyword_robust": True, "templates": "neutral"},
-    "adaptive+kr-neutral": {"method": "adaptive", "keyword_robust": True, "templates": "neutral"},
-    "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0,
-                               "templates": "neutral"},
-    "rmu+kr0.25": {"method": "rmu", "keyword_robust": True, "keyword_fraction": 0.25},
+    "rmu+kr-neutral": {"method": "rmu", "templates": "neutral"} | KR,
+    "adaptive+kr-neutral": {"method": "adaptive", "templates": "neutral"} | KR,
+    "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_fraction": 1.0, "templates": "neutral"} | KR,
+    "rmu+kr0.25": {"method": "rmu", "keyword_fraction": 0.25} | KR,
     # --keyword-mask: the retain loss leaves out the inserted sentence's own tokens (issue #12, animals)
     "adaptive+kr-mask": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True},
     "adaptive+kr-mask-neutral": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
@@ -52,7 +54,7 @@ VARIANTS = {
                              "keyword_fraction": 0.25},
     "rmu+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
-    "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
+    "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample"} | KR,
 }
 # (template, position) pairs of the measurement; none is a training template (rmu.keywords).
 # Four variants of 90 questions keep a model's measurement to minutes on a shared CPU.
