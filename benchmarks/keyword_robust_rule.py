@@ -6,8 +6,9 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/keyword_robust_rule.py OUTPUT [VARIANT ...]
 
 Variants: rmu-rule, rmu-rule+kr, adaptive-rule, adaptive-rule+kr, rmu-rule-alpha300(+kr) (the rule's
-lr and c, the demo's alpha 300) (default: rmu-rule, rmu-rule+kr). Each
-writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
+lr and c, the demo's alpha 300), rmu-rule+kr-mask, rmu-rule-alpha300+kr-mask ("+kr": --keyword-robust
+--no-keyword-mask, as first measured; "+kr-mask": with --keyword-mask, today's default) (default:
+rmu-rule, rmu-rule+kr). Each writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
 (the rule's measurements and chosen lr, alpha and coefficient).
 """
 
@@ -22,12 +23,16 @@ import rmu.demo.keyword_robustness as driver
 RULE = {"auto": ["lr", "alpha", "coeff"]}
 VARIANTS = {
     "rmu-rule": {"method": "rmu"} | RULE,
-    "rmu-rule+kr": {"method": "rmu", "keyword_robust": True} | RULE,
+    "rmu-rule+kr": {"method": "rmu"} | driver.KR | RULE,
     "adaptive-rule": {"method": "adaptive"} | RULE,
-    "adaptive-rule+kr": {"method": "adaptive", "keyword_robust": True} | RULE,
+    "adaptive-rule+kr": {"method": "adaptive"} | driver.KR | RULE,
     # the rule's lr and c with the demo's alpha (300): is the rule's larger alpha what costs forgetting?
     "rmu-rule-alpha300": {"method": "rmu", "auto": ["lr", "coeff"]},
-    "rmu-rule-alpha300+kr": {"method": "rmu", "keyword_robust": True, "auto": ["lr", "coeff"]},
+    "rmu-rule-alpha300+kr": {"method": "rmu", "auto": ["lr", "coeff"]} | driver.KR,
+    # --keyword-mask (the inserted sentence's tokens out of the retain loss) with the rule's settings
+    "rmu-rule+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True} | RULE,
+    "rmu-rule-alpha300+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True,
+                                  "auto": ["lr", "coeff"]},
 }
 
 

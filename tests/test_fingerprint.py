@@ -55,3 +55,13 @@ def test_hub_ids_are_names_and_old_states_are_said_to_be_old():
     assert model_identity("HuggingFaceTB/SmolLM2-135M") == {"name": "HuggingFaceTB/SmolLM2-135M"}
     assert differences(None, {"options": {}, "inputs": {}}) == [
         "the saved state has no fingerprint (written by an older rmu)"]
+
+
+def test_options_added_since_a_state_was_saved_count_only_away_from_their_defaults():
+    """A run saved by an older rmu, before --loss-dims existed, resumes while the option is at its default."""
+    saved = {"options": {"lr": 1e-3}, "inputs": {}}
+    assert differences(saved, {"options": {"lr": 1e-3, "loss_dims": "all", "keyword_mask": True}, "inputs": {}}) == []
+    assert differences(saved, {"options": {"lr": 1e-3, "loss_dims": "informative"}, "inputs": {}}) == [
+        "--loss-dims was None, now 'informative'"]
+    assert differences(saved, {"options": {"lr": 1e-3, "not_a_field": 1}, "inputs": {}}) == [
+        "--not-a-field was None, now 1"]

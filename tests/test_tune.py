@@ -188,6 +188,49 @@ def test_a_study_with_a_keyword_weight_tries_keyword_robust_and_scores_the_keywo
     assert "retain acc, keyword" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_keyword_templates_reach_the_scoring_and_the_summary(workspace, tmp_path, monkeypatch):
+    import rmu.tune
+
+    scored = []
+    evaluate = rmu.tune.evaluate
+
+    def recording(model, tokenizer, tasks, **options):
+        scored.extend(q.question for task in tasks for q in task.questions)
+        return evaluate(model, tokenizer, tasks, **options)
+
+    monkeypatch.setattr(rmu.tune, "evaluate", recording)
+    out = tmp_path / "study"
+    templates = ["{keyword} is a chemical element.", "Consider {keyword} first."]
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "1", "--keyword-weight", "1",
+                                                "--no-pruning", *(a for t in templates for a in ("--keyword-template", t))))
+    assert result.exit_code == 0, result.output
+    plain = [q.question for q in load_task(workspace / "retain_q.jsonl").questions]
+    for template in templates:
+        head, tail = template.split("{keyword}")
+        with_template = [q for q in scored if q.startswith(head) and tail + " " in q and q not in plain]
+        assert len(with_template) >= len(plain)  # every retain question, at least in the baseline
+    assert not any(q.startswith("I was reading about") for q in scored)  # the default templates are replaced
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["keyword_templates"] == templates
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--keyword-weight", "1", "--keyword-template", "Iron is an element."], "--keyword-template 'Iron is"),
+    (["--keyword-weight", "1", "--keyword-template", "{keyword} and {other}."], "no other"),
+    (["--keyword-template", "{keyword} is an element."], "add --keyword-weight"),
+])
+def test_a_bad_keyword_template_is_refused_before_the_model_loads(workspace, tmp_path, monkeypatch, extra, message):
+    import rmu.tune
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(rmu.tune, "load_full_model", no_loading)
+    result = CliRunner().invoke(main, tune_args(workspace, tmp_path / "study", "--trials", "1", *extra))
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "the model was loaded" not in result.output and "Traceback" not in result.output
+
+
 def test_a_trial_is_stopped_half_way_only_when_its_retain_accuracy_is_already_hopeless():
     from rmu.tune import hopeless
 
@@ -227,3 +270,18 @@ def test_a_study_started_before_inputs_counted_by_content_continues(workspace, t
     assert len(json.loads((out / "trials.json").read_text())["trials"]) == 2
     changed = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "3", "--batch-size", "4"))
     assert changed.exit_code != 0 and "batch_size" in changed.output
+
+
+def test_a_study_begun_before_a_new_option_continues_while_that_option_is_at_its_default(workspace, tmp_path):
+    """A configuration field added since a study began (here --loss-dims) is the older behaviour at its default."""
+    import optuna
+
+    out = tmp_path / "study"
+    assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "1")).exit_code == 0
+    study = optuna.load_study(study_name="rmu-tune", storage=f"sqlite:///{out / 'study.db'}")
+    saved = study.user_attrs["fingerprint"]
+    study.set_user_attr("fingerprint", {**saved, "base": {k: v for k, v in saved["base"].items() if k != "loss_dims"}})
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2"))
+    assert result.exit_code == 0, result.output
+    changed = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "3", "--loss-dims", "informative"))
+    assert changed.exit_code != 0 and "loss_dims" in changed.output

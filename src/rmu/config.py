@@ -132,6 +132,7 @@ class UnlearnConfig(BaseModel):
     keyword_robust: bool = False
     keywords: str | None = None  # keyword file, one a line (default: found from the forget and retain corpora)
     keyword_fraction: float = 0.5  # share of retain documents that get a keyword sentence
+    keyword_mask: bool = True  # the retain loss leaves out the inserted sentence's own tokens (no: holds them too)
 
     @field_validator("forget", mode="before")
     @classmethod
@@ -221,6 +222,9 @@ class UnlearnConfig(BaseModel):
 
         if self.keywords is not None and not self.keyword_robust:
             raise ValueError("--keywords is used by --keyword-robust; add --keyword-robust or drop --keywords")
+        if self.keyword_robust and self.keyword_mask and self.slow_tokenizer:
+            raise ValueError("--keyword-robust finds its inserted sentences' tokens with a fast tokenizer (offset "
+                             "mapping); drop --slow-tokenizer, or add --no-keyword-mask")
         if not 0 < self.keyword_fraction <= 1:
             raise ValueError(f"--keyword-fraction {self.keyword_fraction} must lie in (0, 1]")
         if self.fsdp and (self.save_every or self.resume):

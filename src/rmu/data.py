@@ -195,9 +195,17 @@ def consecutive_batches(documents: list[str], batch_size: int) -> list[list[str]
 class TokenBatch:
     input_ids: torch.Tensor  # (batch, tokens), left padded
     attention_mask: torch.Tensor  # (batch, tokens), 1 on real tokens
+    # (batch, tokens), True on tokens the losses leave out (the sentences --keyword-robust inserts,
+    # see tokenize); None: none left out
+    excluded: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TokenBatch":
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device))
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                          None if self.excluded is None else self.excluded.to(device))
+
+    def rows(self, rows: slice) -> "TokenBatch":
+        return TokenBatch(self.input_ids[rows], self.attention_mask[rows],
+                          None if self.excluded is None else self.excluded[rows])
 
 
 def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
@@ -215,6 +223,29 @@ def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
     return tokenizer
 
 
-def tokenize(tokenizer, texts: list[str], max_len: int) -> TokenBatch:
-    encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-    return TokenBatch(encoded["input_ids"], encoded["attention_mask"])
+def tokenize(tokenizer, texts: list[str], max_len: int,
+             excluded_spans: list[tuple[int, int] | None] | None = None) -> TokenBatch:
+    """``texts`` as one padded, truncated batch.
+
+    ``excluded_spans``: per text, characters [start, end) whose tokens the losses leave out (or None).
+    A token is left out when its characters overlap the span (a token straddling its edge too); the
+    tokenizer's offset mapping says which characters each token covers, so this holds for either
+    padding side and after truncation (a span cut off leaves out only the tokens kept). Pads and
+    special tokens cover no character and are never marked. Needs a fast tokenizer.
+    """
+    if excluded_spans is None:
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+        return TokenBatch(encoded["input_ids"], encoded["attention_mask"])
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("--keyword-mask needs a fast tokenizer (its offset mapping says which tokens are the "
+                        "inserted sentence's); use one, or add --no-keyword-mask")
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len,
+                        return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]  # (batch, tokens, 2); (0, 0) for pads and special tokens
+    real = encoded["attention_mask"].bool()
+    excluded = torch.zeros(offsets.shape[:2], dtype=torch.bool)
+    for row, span in enumerate(excluded_spans):
+        if span is not None:
+            start, end = span
+            excluded[row] = (offsets[row, :, 0] < end) & (offsets[row, :, 1] > start) & real[row]
+    return TokenBatch(encoded["input_ids"], encoded["attention_mask"], excluded)

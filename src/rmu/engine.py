@@ -109,6 +109,8 @@ class _Corpora:
     forget: list[list[list[str]]]  # topic -> batches -> documents
     retain: list[list[list[str]]]  # topic -> batches -> documents (shared lists when one corpus)
     keywords: dict | None = None  # what --keyword-robust inserted into the retain documents
+    # --keyword-mask: per retain document (batched as retain) the inserted sentence's characters, or None
+    retain_inserted: list[list[list[tuple[int, int] | None]]] | None = None
 
     def available_steps(self) -> int:
         # As WMDP's script: the shortest list of batches bounds the run (the Adaptive script would crash).
@@ -443,7 +445,8 @@ def _tokenize_needed(corpora: _Corpora, tokenizer, config: UnlearnConfig, steps:
         pairs = []
         for b in used:
             if b not in cache:
-                cache[b] = tokenize(tokenizer, retain_list[b], config.retain_max_len)
+                spans = corpora.retain_inserted[t][b] if corpora.retain_inserted else None
+                cache[b] = tokenize(tokenizer, retain_list[b], config.retain_max_len, spans)
             pairs.append((tokenize(tokenizer, corpora.forget[t][b], config.max_len[t]), cache[b]))
         batches.append(pairs)
     return batches
@@ -636,7 +639,7 @@ def _verbose_metrics(updated_forget, frozen_forget, updated_retain, frozen_retai
 
 
 def _rows(batch: TokenBatch, rows: slice) -> TokenBatch:
-    return TokenBatch(batch.input_ids[rows], batch.attention_mask[rows])
+    return batch.rows(rows)
 
 
 def _check_finite(loss: torch.Tensor, which: str, step: int, topic: str) -> None:

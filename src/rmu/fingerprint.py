@@ -46,7 +46,7 @@ def differences(saved: dict | None, current: dict) -> list[str]:
     if not saved:
         return ["the saved state has no fingerprint (written by an older rmu)"]
     changed = []
-    old, new = saved.get("options", {}), current["options"]
+    old, new = saved.get("options", {}), without_new_defaults(saved.get("options", {}), current["options"])
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             changed.append(f"--{key.replace('_', '-')} was {old.get(key)!r}, now {new.get(key)!r}")
@@ -59,6 +59,19 @@ def differences(saved: dict | None, current: dict) -> list[str]:
         elif before != identity:
             changed.append(f"{label} changed: {_what_changed(before, identity)}")
     return changed
+
+
+def without_new_defaults(saved: dict, current: dict) -> dict:
+    """``current`` less the options an older rmu did not record and that are at their defaults.
+
+    A configuration field added in a later version, left at its default, is the older behaviour, so a
+    run (or ``rmu tune`` study) fingerprinted before the field existed continues.
+    """
+    from rmu.config import UnlearnConfig
+
+    fields = UnlearnConfig.model_fields
+    return {k: v for k, v in current.items()
+            if k in saved or k not in fields or v != fields[k].get_default(call_default_factory=True)}
 
 
 def _role(label: str) -> str:

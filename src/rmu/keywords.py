@@ -3,11 +3,13 @@
 An RMU model steers every token of a forget-like context, so one forget-topic word in front of an
 unrelated question can wreck the answer (``docs/robustness.md``). ``--keyword-robust`` trains on
 retain documents that mention forget keywords in sentences that state nothing true about them;
-the retain loss keeps the frozen model's representation of that augmented text, so the keywords
-alone stop triggering the steering while the forget documents (keywords together with forget
-facts) are still steered. Measured in ``docs/robustness.md``: it works for Adaptive RMU on the
-demo's elements topic, but undoes the forgetting of weak RMU (c = 6.5) and of a topic whose retain
-documents read like its forget documents; compare forget accuracy with and without it.
+the retain loss keeps the frozen model's representation of the document's text around that
+sentence, so the keywords alone stop triggering the steering of the text after them while the
+forget documents (keywords together with forget facts) are still steered. Measured in
+``docs/robustness.md``: it meets issue #12's targets for Adaptive RMU on the demo's elements topic,
+and for RMU with the scale rule's c at alpha 300, but costs forgetting with weak RMU (c = 6.5) and
+on a topic whose retain documents read like its forget documents (animals); compare forget
+accuracy with and without it.
 
 **Keywords** come from ``--keywords FILE`` (one a line) or are found automatically
 (:func:`extract_keywords`): words are lower-cased runs of letters (inner ``'`` and ``-`` kept) of at
@@ -31,6 +33,20 @@ one-sentence document takes "inside" as "before"). Which documents, templates, k
 places are drawn from ``random.Random(f"rmu-keyword-robust:{seed}:{retain index}")`` over the
 corpus in file order, before batching: the same on every rank and on resume. Augmented documents
 replace the originals in place, so batches, step counts and the forget side are unchanged.
+
+**The retain loss on the inserted sentence** (``keyword_mask``, ``--keyword-mask``, on by default
+since 2026-11-30): the inserted sentence's own tokens are left out of the retain loss (and of the
+retain norms the health report and the scale rule read); ``--no-keyword-mask`` holds the frozen
+model's representation at every position of an augmented document, as before. Each augmented
+document carries the character span of its sentence (:func:`augment_with_spans`), and
+:func:`rmu.data.tokenize` marks the tokens whose characters overlap it (the tokenizer's offset
+mapping, so either padding side and truncation are handled; a fast tokenizer is needed) in
+``TokenBatch.excluded``, which :func:`rmu.losses.loss_mask` removes. Only the document's own text
+around the sentence is then held: a keyword must not change what the unrelated text after it means,
+while the keyword sentence itself may be steered like forget text. A sentence after the document
+is then left out whole and changes nothing (causal attention). The spans come from the same draws,
+so ranks and resumed runs agree. Measured in ``docs/robustness.md``: on both topics, over several
+seeds, it forgets more than ``--no-keyword-mask`` with a keyword drop as low.
 """
 
 from __future__ import annotations
@@ -147,22 +163,37 @@ def insert_sentence(text: str, sentence: str, position: str, where: float = 0.0)
 
     ``where`` in [0, 1) picks the boundary for "inside": 0 after the first sentence, near 1 before the last.
     """
+    return insert_sentence_at(text, sentence, position, where)[0]
+
+
+def insert_sentence_at(text: str, sentence: str, position: str, where: float = 0.0) -> tuple[str, int]:
+    """:func:`insert_sentence`'s text and the character where ``sentence`` starts in it."""
     if position == "before":
-        return f"{sentence} {text}"
+        return f"{sentence} {text}", 0
     if position == "after":
-        return f"{text} {sentence}"
+        return f"{text} {sentence}", len(text) + 1
     if position != "inside":
         raise KeywordError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
     parts = _SENTENCE_END.split(text)
     if len(parts) < 2:
-        return f"{sentence} {text}"
+        return f"{sentence} {text}", 0
     cut = 1 + min(int(where * (len(parts) - 1)), len(parts) - 2)
-    return " ".join([*parts[:cut], sentence, *parts[cut:]])
+    head = " ".join(parts[:cut])
+    return " ".join([head, sentence, *parts[cut:]]), len(head) + 1
+
+
+Span = tuple[int, int]  # characters [start, end) of an inserted sentence
 
 
 def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
                       templates: Sequence[str] = TRAINING_TEMPLATES) -> list[str]:
     """``documents`` with a share ``fraction`` of them carrying one keyword sentence from ``templates``."""
+    return [text for text, _ in augment_with_spans(documents, keywords, seed, fraction, templates)]
+
+
+def augment_with_spans(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
+                       templates: Sequence[str] = TRAINING_TEMPLATES) -> list[tuple[str, Span | None]]:
+    """:func:`augment_documents`, each document with the span of its inserted sentence (None: unchanged)."""
     if not keywords:
         raise KeywordError("no keyword to insert: give --keywords FILE or relax the extraction rule")
     rng = random.Random(f"rmu-keyword-robust:{seed}")
@@ -172,7 +203,11 @@ def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: i
         chosen = rng.random() < fraction
         sentence = fill_template(rng.choice(templates), keywords, rng)
         position, where = rng.choice(POSITIONS), rng.random()
-        augmented.append(insert_sentence(document, sentence, position, where) if chosen else document)
+        if chosen:
+            text, start = insert_sentence_at(document, sentence, position, where)
+            augmented.append((text, (start, start + len(sentence))))
+        else:
+            augmented.append((document, None))
     return augmented
 
 
@@ -183,7 +218,9 @@ def augment_corpora(config, corpora):
     """``--keyword-robust``: the engine's corpora with keyword-augmented retain batches.
 
     ``corpora`` holds topic -> batches -> documents (``rmu.engine._Corpora``); retain lists shared
-    between topics stay shared. Returns a copy whose ``keywords`` is the summary saved with the run.
+    between topics stay shared. Returns a copy whose ``keywords`` is the summary saved with the run and,
+    with ``keyword_mask``, whose ``retain_inserted`` holds each retain document's inserted span (or None),
+    batched as the documents.
     """
     from dataclasses import replace
 
@@ -208,16 +245,19 @@ def augment_corpora(config, corpora):
             chosen += [k.word for k in found]
         chosen = list(dict.fromkeys(chosen))
         source = "found"
-    augmented = {}
+    augmented, inserted = {}, {}
     for index, (key, documents) in enumerate(retain_documents.items()):
-        augmented[key] = consecutive_batches(
-            # TRAINING_TEMPLATES read at call time: rmu.demo.keyword_robustness swaps it to measure candidates
-            augment_documents(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction, TRAINING_TEMPLATES),
-            config.batch_size)
+        # TRAINING_TEMPLATES read at call time: rmu.demo.keyword_robustness swaps it to measure candidates
+        pairs = augment_with_spans(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction,
+                                   TRAINING_TEMPLATES)
+        augmented[key] = consecutive_batches([text for text, _ in pairs], config.batch_size)
+        inserted[key] = consecutive_batches([span for _, span in pairs], config.batch_size)
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
                "fraction": config.keyword_fraction, "templates": list(TRAINING_TEMPLATES),
-               "keywords": chosen, "per_topic": per_topic}
-    return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary)
+               "mask_inserted": config.keyword_mask, "keywords": chosen, "per_topic": per_topic}
+    return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary,
+                   retain_inserted=[inserted[id(batches)] for batches in corpora.retain] if config.keyword_mask
+                   else None)
 
 
 def save_keywords(folder: Path | None, summary: dict | None) -> None:

@@ -36,14 +36,17 @@ def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
     ``mask_padding`` drops pads; ``mask_first_token`` drops each row's first real token, the
     attention sink, whose hidden state in models with massive activations (SmolLM2 from layer 11,
     Llama, Mistral) is 100x larger than the others' and would otherwise dominate every MSE.
+    A batch's ``excluded`` tokens (``--keyword-mask``: the inserted keyword sentences) are dropped too.
     """
-    if not (config.mask_padding or config.mask_first_token):
+    if not (config.mask_padding or config.mask_first_token) and batch.excluded is None:
         return None
     attention = batch.attention_mask
     mask = attention.clone() if config.mask_padding else torch.ones_like(attention)
     if config.mask_first_token:
         first_real = attention.argmax(dim=1)  # left or right padding: the first 1 of each row
         mask[torch.arange(mask.shape[0], device=mask.device), first_real] = 0
+    if batch.excluded is not None:
+        mask = mask.masked_fill(batch.excluded.to(mask.device), 0)
     return mask
 
 

@@ -108,6 +108,9 @@ class TuneSettings:
     prune: bool = True
     keyword_weight: float = 0.0  # > 0: the objective counts the retain accuracy lost to forget keywords
     keywords: str | None = None  # keyword file (one a line); default: found from the forget and retain corpora
+    # sentences with {keyword} the keyword objective puts before each retain question; default: the three
+    # held-out templates of rmu attack keywords, which do not name the topic
+    keyword_templates: tuple[str, ...] | None = None
 
 
 # ---- questions -------------------------------------------------------------------------------------
@@ -150,12 +153,32 @@ def study_keywords(base: dict, settings: TuneSettings) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def keyword_tasks(retain: list[Task], keywords: list[str]) -> list[Task]:
-    """The retain questions with one forget keyword sentence before each, once per held-out template."""
+def keyword_tasks(retain: list[Task], keywords: list[str], templates: Sequence[str] | None = None) -> list[Task]:
+    """The retain questions with one forget keyword sentence before each, once per template
+    (default: the held-out templates of ``rmu attack keywords``)."""
     from rmu.attacks.keywords import HELD_OUT_TEMPLATES, insert_keywords
 
     return [dataclasses.replace(insert_keywords(task, keywords, template, seed=index), name=f"{task.name}+kw{index}")
-            for task in retain for index, template in enumerate(HELD_OUT_TEMPLATES)]
+            for task in retain for index, template in enumerate(templates or HELD_OUT_TEMPLATES)]
+
+
+def check_keyword_templates(settings: TuneSettings) -> None:
+    """``--keyword-template``: each a sentence with ``{keyword}`` and no other field, used with --keyword-weight."""
+    if settings.keyword_templates is None:
+        return
+    if settings.keyword_weight <= 0:
+        raise TuneError("--keyword-template is used by the keyword objective; add --keyword-weight W (> 0) or drop "
+                        "--keyword-template")
+    if not settings.keyword_templates:
+        raise TuneError("--keyword-template: give at least one template, e.g. '{keyword} is a chemical element.'")
+    for template in settings.keyword_templates:
+        try:
+            filled = template.format(keyword="x")
+        except (KeyError, IndexError, ValueError):
+            filled = None
+        if "{keyword}" not in template or filled is None:
+            raise TuneError(f"--keyword-template {template!r}: write a sentence with {{keyword}} and no other "
+                            "{...} field, e.g. '{keyword} is a chemical element.'")
 
 
 class _Scorer:
@@ -168,7 +191,7 @@ class _Scorer:
         self.forget = [t.head(settings.limit) for t in forget]
         self.retain = [t.head(settings.limit) for t in retain]
         self.keywords = keywords
-        self.retain_keyword = keyword_tasks(self.retain, keywords) if keywords else []
+        self.retain_keyword = keyword_tasks(self.retain, keywords, settings.keyword_templates) if keywords else []
         self.general_text = general_text
         self.settings = settings
         self.chance = _chance(self.forget)
@@ -352,10 +375,17 @@ def _settings_of(values: dict) -> dict:
 def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
     """What a study's trials depend on. Input files count by content (``rmu.fingerprint``), not by
     spelling, so a study continues from another working folder or after its inputs were moved."""
-    keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
     options = {k: v for k, v in base.items() if k not in _INPUT_OPTIONS}
-    return json.loads(json.dumps({"base": options, "inputs": _input_identities(base), "settings": keep,
-                                  "tasks": tasks}, default=str))
+    return json.loads(json.dumps({"base": options, "inputs": _input_identities(base),
+                                  "settings": _study_settings(settings), "tasks": tasks}, default=str))
+
+
+def _study_settings(settings: TuneSettings) -> dict:
+    """The tune settings a study's trials depend on (not how many, how long, or where stored)."""
+    keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
+    if settings.keyword_templates is None:  # studies begun before --keyword-template existed continue
+        keep.pop("keyword_templates")
+    return keep
 
 
 _INPUT_OPTIONS = fingerprint.PATH_OPTIONS | {"keywords"}
@@ -375,8 +405,7 @@ def _input_identities(base: dict) -> dict:
 
 def _legacy_fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
     """The fingerprint of studies started before inputs counted by content (paths as spelled)."""
-    keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
-    return json.loads(json.dumps({"base": base, "settings": keep, "tasks": tasks}, default=str))
+    return json.loads(json.dumps({"base": base, "settings": _study_settings(settings), "tasks": tasks}, default=str))
 
 
 def _study_differences(saved: dict, current: dict) -> list[str]:
@@ -411,6 +440,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         raise TuneError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
     if settings.trials < 1 or settings.seeds < 1:
         raise TuneError("--trials and --seeds must be at least 1")
+    check_keyword_templates(settings)
     make_config(values)  # a bad base configuration fails here, before the model is loaded
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -444,14 +474,16 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
             study.enqueue_trial(tuner.rule_params())  # a new study starts from the scale rule
             if settings.keyword_weight > 0:  # ... and the rule with --keyword-robust
                 study.enqueue_trial({**tuner.rule_params(), "keyword_robust": True})
-        elif saved != current and not ("inputs" not in saved and saved == _legacy_fingerprint(
-                values, settings, current["tasks"])):
-            if "inputs" not in saved:  # an older study: compare as it was recorded
+        else:
+            if "inputs" not in saved:  # a study begun before inputs counted by content: paths as spelled
                 current = _legacy_fingerprint(values, settings, current["tasks"])
-            changed = _study_differences(saved, current)
-            raise TuneError(f"the study '{settings.study_name}' in {storage} was started with other settings "
-                            f"(differs in: {', '.join(changed) or 'settings or questions'}); use another --output, "
-                            "--storage or --study-name")
+            # options added to rmu since the study began count only when they are not at their defaults
+            current = {**current, "base": fingerprint.without_new_defaults(saved["base"], current["base"])}
+            if current != saved:
+                changed = _study_differences(saved, current)
+                raise TuneError(f"the study '{settings.study_name}' in {storage} was started with other settings "
+                                f"(differs in: {', '.join(changed) or 'settings or questions'}); use another "
+                                "--output, --storage or --study-name")
     tuner.baseline = study.user_attrs.get("baseline") or scorer()
     study.set_user_attr("baseline", tuner.baseline)
 

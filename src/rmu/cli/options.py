@@ -107,6 +107,10 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
     "keywords": _option("--keywords", type=click.Path(dir_okay=False),
         help="--keyword-robust: forget keywords, one a line (default: found from the corpora)."),
     "keyword_fraction": _option("--keyword-fraction", type=float, help="--keyword-robust: share of retain documents augmented (default 0.5)."),
+    "keyword_mask": _option("--keyword-mask/--no-keyword-mask", default=None,
+        help="--keyword-robust: leave the inserted keyword sentence's own tokens out of the retain loss, so only "
+        "the document's text around it is held (default on; needs a fast tokenizer; --no-keyword-mask holds "
+        "every token, as before 2026-11-30)."),
     "quiet": _option("--quiet", is_flag=True, help="No progress bar."),
 }
 

@@ -50,6 +50,10 @@ _AS_A_STUDY = {
                    "before each retain question (beyond the base model's loss); trials may use --keyword-robust.")
 @click.option("--keywords", "keywords_file", type=click.Path(exists=True, dir_okay=False),
               help="Forget keywords, one a line, for --keyword-weight (default: found in the corpora).")
+@click.option("--keyword-template", "keyword_templates", multiple=True, metavar="TEMPLATE",
+              help="--keyword-weight: a sentence with {keyword} put before each retain question, e.g. "
+                   "'{keyword} is a chemical element.' (repeatable; default: three held-out phrasings of "
+                   "rmu attack keywords that do not name the topic).")
 @run_options("steps", "layer", "method", *_FIXED, changes=_AS_A_STUDY)
 @click.option("--scoring", type=click.Choice(SCORINGS), default="cloze", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions of each file.")
@@ -59,7 +63,7 @@ _AS_A_STUDY = {
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, forget_tasks, retain_tasks, general_text, trials, timeout, max_retain_drop,
             max_perplexity_rise, storage, study_name, seeds, holdout, layers_text, methods, no_pruning, keyword_weight,
-            keywords_file, scoring, limit,
+            keywords_file, keyword_templates, scoring, limit,
             eval_batch_size, output, quiet, layer, method, **flags):
     """Search unlearning settings that forget the topic and keep the rest (Optuna, resumable)."""
     from rmu.tune import TuneSettings, TuneStudy, tune
@@ -73,7 +77,8 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
         seeds=seeds, layers=tuple(parse_int_range(layers_text)) if layers_text else None,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), scoring=scoring, limit=limit,
         eval_batch_size=eval_batch_size, holdout=holdout, storage=storage, study_name=study_name,
-        prune=not no_pruning, keyword_weight=keyword_weight, keywords=keywords_file)
+        prune=not no_pruning, keyword_weight=keyword_weight, keywords=keywords_file,
+        keyword_templates=tuple(keyword_templates) or None)
     summary = tune(base, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, general_text=general_text,
                    settings=settings, progress=not quiet)
     for line in TuneStudy().summary(summary):

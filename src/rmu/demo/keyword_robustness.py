@@ -32,20 +32,29 @@ from rmu.loading import load_model
 from rmu.tasks import load_task_file
 
 # name -> options added to the demo's unlearning settings (None: the base model)
+# "+kr": --keyword-robust as first measured, every token held (--no-keyword-mask; the default until
+# 2026-11-30); "+kr-mask": the inserted sentence's tokens left out of the retain loss (today's default).
+KR = {"keyword_robust": True, "keyword_mask": False}
 VARIANTS = {
     "base": None,
     "rmu": {"method": "rmu"},
     "adaptive": {"method": "adaptive"},
-    "rmu+kr": {"method": "rmu", "keyword_robust": True},
-    "adaptive+kr": {"method": "adaptive", "keyword_robust": True},
+    "rmu+kr": {"method": "rmu"} | KR,
+    "adaptive+kr": {"method": "adaptive"} | KR,
     # candidates measured on the way (docs/robustness.md): neutral sentences only, and their share
-    "rmu+kr-neutral": {"method": "rmu", "keyword_robust": True, "templates": "neutral"},
-    "adaptive+kr-neutral": {"method": "adaptive", "keyword_robust": True, "templates": "neutral"},
-    "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_robust": True, "keyword_fraction": 1.0,
-                               "templates": "neutral"},
-    "rmu+kr0.25": {"method": "rmu", "keyword_robust": True, "keyword_fraction": 0.25},
+    "rmu+kr-neutral": {"method": "rmu", "templates": "neutral"} | KR,
+    "adaptive+kr-neutral": {"method": "adaptive", "templates": "neutral"} | KR,
+    "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_fraction": 1.0, "templates": "neutral"} | KR,
+    "rmu+kr0.25": {"method": "rmu", "keyword_fraction": 0.25} | KR,
+    # --keyword-mask: the retain loss leaves out the inserted sentence's own tokens (issue #12, animals)
+    "adaptive+kr-mask": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True},
+    "adaptive+kr-mask-neutral": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
+                                 "templates": "neutral"},
+    "adaptive+kr-mask0.25": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
+                             "keyword_fraction": 0.25},
+    "rmu+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
-    "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample", "keyword_robust": True},
+    "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample"} | KR,
 }
 # (template, position) pairs of the measurement; none is a training template (rmu.keywords).
 # Four variants of 90 questions keep a model's measurement to minutes on a shared CPU.
@@ -74,7 +83,7 @@ def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str, eva
 def run(output: str | Path, names: list[str] | None = None, model_dir: str | Path | None = None,
         steps: int | None = None, limit: int | None = None, unseen: bool = False, progress: bool = True,
         data: str | Path | None = None, attack_keywords: str | Path | None = None,
-        topic_template: str | None = None, train_keywords: str | Path | None = None) -> dict:
+        topic_template: str | None = None, train_keywords: str | Path | None = None, seed: int | None = None) -> dict:
     """Unlearn and measure each variant of ``names`` (default all); ``steps``, ``limit``: shorter runs (tests).
 
     ``unseen``: measure the keyword drop a second time with element names the corpora never mention.
@@ -82,9 +91,10 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
     retain_questions.jsonl) instead of the demo benchmark, with ``attack_keywords`` (a file, one a line)
     and ``topic_template`` (the topic's own sentence, in place of "{keyword} is a chemical element.").
     ``train_keywords``: a keyword file for the ``--keyword-robust`` variants instead of the extraction.
+    ``seed``: the unlearning seed (control vector, augmentation draws) instead of the demo's.
     """
     torch.set_num_threads(1)
-    settings = dataclasses.replace(DEMO, steps=steps or DEMO.steps)
+    settings = dataclasses.replace(DEMO, steps=steps or DEMO.steps, seed=DEMO.seed if seed is None else seed)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     folder = Path(model_dir) if model_dir else smollm2_path(progress=progress)
@@ -135,7 +145,8 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         print(f"[{name}] forget {entry['forget']:.3f} retain {entry['retain']:.3f} "
               f"keyword drop {entry['keywords_taught']['drop']:.3f} ({entry['seconds']:.0f} s)", flush=True)
     (output / "settings.json").write_text(json.dumps(
-        {"demo": dataclasses.asdict(DEMO), "steps": settings.steps, "limit": limit, "eval_variants": eval_variants,
+        {"demo": dataclasses.asdict(DEMO), "steps": settings.steps, "seed": settings.seed, "limit": limit,
+         "eval_variants": eval_variants,
          "data": str(data) if data else None,
          "model": str(folder)},
         indent=2))
@@ -171,13 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attack-keywords", help="with --data: the attack's keywords, one a line")
     parser.add_argument("--topic-template", help="with --data: the topic's own keyword sentence")
     parser.add_argument("--train-keywords", help="--keyword-robust variants: this keyword file, not the extraction")
+    parser.add_argument("--seed", type=int, help=f"unlearning seed (default the demo's, {DEMO.seed})")
     arguments = parser.parse_args(argv)
     unknown = [v for v in arguments.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps, unseen=arguments.unseen,
         data=arguments.data, attack_keywords=arguments.attack_keywords, topic_template=arguments.topic_template,
-        train_keywords=arguments.train_keywords)
+        train_keywords=arguments.train_keywords, seed=arguments.seed)
 
 
 if __name__ == "__main__":
