@@ -57,11 +57,23 @@ def test_hub_ids_are_names_and_old_states_are_said_to_be_old():
         "the saved state has no fingerprint (written by an older rmu)"]
 
 
-def test_options_added_since_a_state_was_saved_count_only_away_from_their_defaults():
-    """A run saved by an older rmu, before --loss-dims existed, resumes while the option is at its default."""
+def test_options_added_since_a_state_was_saved_count_only_away_from_their_older_behaviour():
+    """A run saved by an older rmu, before --loss-dims and --keyword-mask existed, resumes while they are
+    set as that rmu behaved (all dimensions; no mask)."""
     saved = {"options": {"lr": 1e-3}, "inputs": {}}
-    assert differences(saved, {"options": {"lr": 1e-3, "loss_dims": "all", "keyword_mask": True}, "inputs": {}}) == []
-    assert differences(saved, {"options": {"lr": 1e-3, "loss_dims": "informative"}, "inputs": {}}) == [
-        "--loss-dims was None, now 'informative'"]
-    assert differences(saved, {"options": {"lr": 1e-3, "not_a_field": 1}, "inputs": {}}) == [
-        "--not-a-field was None, now 1"]
+    assert differences(saved, {"options": {"lr": 1e-3, "loss_dims": "all", "keyword_mask": False}, "inputs": {}}) == []
+    assert differences(saved, {"options": {"lr": 1e-3, "loss_dims": "informative", "keyword_mask": True},
+                               "inputs": {}}) == ["--keyword-mask was None, now True", "--loss-dims was None, now 'informative'"]
+    assert differences(saved, {"options": {"lr": 1e-3, "not_an_option": 1}, "inputs": {}}) == [
+        "--not-an-option was None, now 1"]
+
+
+def test_keyword_mask_is_no_part_of_a_run_without_keyword_robust(tmp_path):
+    from rmu.config import make_config
+    from rmu.fingerprint import run_fingerprint
+
+    corpus = tmp_path / "a.jsonl"
+    corpus.write_text('{"text": "x"}\n')
+    base = {"model": "some/hub-id", "forget": {"bio": str(corpus)}, "retain": [str(corpus)]}
+    assert "keyword_mask" not in run_fingerprint(make_config(base))["options"]
+    assert run_fingerprint(make_config(base | {"keyword_robust": True}))["options"]["keyword_mask"] is True

@@ -272,8 +272,8 @@ def test_a_study_started_before_inputs_counted_by_content_continues(workspace, t
     assert changed.exit_code != 0 and "batch_size" in changed.output
 
 
-def test_a_study_begun_before_a_new_option_continues_while_that_option_is_at_its_default(workspace, tmp_path):
-    """A configuration field added since a study began (here --loss-dims) is the older behaviour at its default."""
+def test_a_study_begun_before_a_new_option_continues_while_that_option_is_set_as_before(workspace, tmp_path):
+    """An option added since a study began (here --loss-dims), set as rmu behaved before it, is the same study."""
     import optuna
 
     out = tmp_path / "study"

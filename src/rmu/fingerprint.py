@@ -23,6 +23,8 @@ from pathlib import Path
 RESUME_FREE = {"resume", "overwrite", "save_every", "device", "gradient_checkpointing", "divergence_check"}
 # Options naming input files: compared by content (inputs), not by their spelling.
 PATH_OPTIONS = {"model", "forget", "retain", "control_vectors", "output"}
+# Options added after run states were first saved: the value of each that behaves as rmu did before it.
+OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False}
 _WHOLE_FILE_LIMIT = 16 * 2**20
 _EDGE = 2**20
 
@@ -30,6 +32,8 @@ _EDGE = 2**20
 def run_fingerprint(config) -> dict:
     options = {k: v for k, v in config.model_dump().items() if k not in RESUME_FREE | PATH_OPTIONS}
     options["topics"] = config.topics
+    if not config.keyword_robust:  # --keyword-mask acts on --keyword-robust's sentences only
+        options.pop("keyword_mask", None)
     inputs = {f"model {config.model}": model_identity(config.model)}
     for topic, source in config.forget.items():
         inputs[f"forget corpus '{topic}' ({source})"] = source_identity(source)
@@ -62,16 +66,13 @@ def differences(saved: dict | None, current: dict) -> list[str]:
 
 
 def without_new_defaults(saved: dict, current: dict) -> dict:
-    """``current`` less the options an older rmu did not record and that are at their defaults.
+    """``current`` less the options an older rmu did not record and that are set as it behaved.
 
-    A configuration field added in a later version, left at its default, is the older behaviour, so a
-    run (or ``rmu tune`` study) fingerprinted before the field existed continues.
+    An option added in a later version (:data:`OLDER_BEHAVIOUR`), set to the value that reproduces the
+    older behaviour, is the same run, so a run (or ``rmu tune`` study) fingerprinted before the option
+    existed continues; any other value is a difference.
     """
-    from rmu.config import UnlearnConfig
-
-    fields = UnlearnConfig.model_fields
-    return {k: v for k, v in current.items()
-            if k in saved or k not in fields or v != fields[k].get_default(call_default_factory=True)}
+    return {k: v for k, v in current.items() if k in saved or k not in OLDER_BEHAVIOUR or v != OLDER_BEHAVIOUR[k]}
 
 
 def _role(label: str) -> str:
