@@ -3,12 +3,13 @@
 (RMU's c = 6.5 there), measured exactly as docs/robustness.md's keyword-robust table
 (``rmu.demo.keyword_robustness``: 100 forget / 90 retain questions, four keyword sentences).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/keyword_robust_rule.py OUTPUT [VARIANT ...]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/keyword_robust_rule.py OUTPUT [VARIANT ...] [--model gemma3-270m]
 
 Variants: rmu-rule, rmu-rule+kr, adaptive-rule, adaptive-rule+kr, rmu-rule-alpha300(+kr) (the rule's
 lr and c, the demo's alpha 300), rmu-rule+kr-mask, rmu-rule-alpha300+kr-mask ("+kr": --keyword-robust
 --no-keyword-mask, as first measured; "+kr-mask": with --keyword-mask, today's default) (default:
-rmu-rule, rmu-rule+kr). Each writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
+rmu-rule, rmu-rule+kr), adaptive-rule+kr-mask. ``--model gemma3-270m``: Gemma 3 270M instead of
+SmolLM2 (prepared by ``rmu.demo.model.gemma3_270m_path``). Each writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
 (the rule's measurements and chosen lr, alpha and coefficient).
 """
 
@@ -33,13 +34,23 @@ VARIANTS = {
     "rmu-rule+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True} | RULE,
     "rmu-rule-alpha300+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True,
                                   "auto": ["lr", "coeff"]},
+    "adaptive-rule+kr-mask": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True} | RULE,
 }
+MODELS = ("smollm2", "gemma3-270m")
 
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         sys.exit(__doc__)
-    output, names = Path(sys.argv[1]), sys.argv[2:] or ["rmu-rule", "rmu-rule+kr"]
+    arguments = sys.argv[2:]
+    model = "smollm2"
+    if "--model" in arguments:
+        at = arguments.index("--model")
+        model = arguments[at + 1] if at + 1 < len(arguments) else ""
+        del arguments[at:at + 2]
+        if model not in MODELS:
+            sys.exit(f"--model {model!r}: choose one of {', '.join(MODELS)}")
+    output, names = Path(sys.argv[1]), arguments or ["rmu-rule", "rmu-rule+kr"]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
@@ -53,9 +64,14 @@ def main() -> None:
 
     driver.unlearn = unlearn_and_record
     output.mkdir(parents=True, exist_ok=True)
+    model_dir = None
+    if model == "gemma3-270m":
+        from rmu.demo.model import gemma3_270m_path
+
+        model_dir = gemma3_270m_path()
     for name in names:
         current["name"] = name
-        driver.run(output, [name])
+        driver.run(output, [name], model_dir=model_dir)
 
 
 if __name__ == "__main__":
