@@ -232,8 +232,13 @@ def test_two_processes_augment_alike(corpora, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert run["keywords"] == single.keywords
+    assert run["keywords"]["mask_inserted"]  # --keyword-mask, the default: the ranks mask alike too
     for logged, expected in zip(run["steps"], single.records):
         assert logged["retain_loss"] == pytest.approx(expected["retain_loss"], rel=1e-5)
+    weights = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    expected = load_file(str(tmp_path / "single" / "model.safetensors"))
+    for name in single.trained_parameters:
+        torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-7)
     weights = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     expected = load_file(str(tmp_path / "single" / "model.safetensors"))
     for name in single.trained_parameters:

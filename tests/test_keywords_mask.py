@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from conftest import straight_and_resumed
@@ -159,25 +156,6 @@ def test_resume_with_the_mask_gives_the_uninterrupted_run(corpora, tmp_path):  #
     a, b = (load_file(str(tmp_path / x / "model.safetensors")) for x in "ab")
     for name in straight.trained_parameters:
         assert torch.equal(a[name], b[name])
-
-
-def test_two_processes_mask_alike(corpora, tmp_path):  # noqa: F811
-    folder = save_tiny_model(tmp_path / "model", num_layers=5)
-    options = two_topic_options(corpora, model=str(folder), keyword_robust=True, keyword_mask=True, method="adaptive",
-                                beta=2.0, steps=3, adaptive_rule="per-sample", mask_padding=True)
-    single = unlearn(make_config(options | {"output": str(tmp_path / "single")}), progress=False)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(options | {"output": str(tmp_path / "ddp")}))
-    done = subprocess.run([sys.executable, "-m", "rmu", "unlearn", "--config", str(config), "--nproc", "2", "--quiet"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
-    for logged, expected in zip(run["steps"], single.records):
-        assert logged["retain_loss"] == pytest.approx(expected["retain_loss"], rel=1e-5)
-    weights = load_file(str(tmp_path / "ddp" / "model.safetensors"))
-    expected = load_file(str(tmp_path / "single" / "model.safetensors"))
-    for name in single.trained_parameters:
-        torch.testing.assert_close(weights[name], expected[name], rtol=1e-5, atol=1e-7)
 
 
 def test_cli_option_reaches_the_run(tmp_path, corpora):  # noqa: F811
