@@ -8,7 +8,8 @@
 Variants: rmu-rule, rmu-rule+kr, adaptive-rule, adaptive-rule+kr, rmu-rule-alpha300(+kr) (the rule's
 lr and c, the demo's alpha 300), rmu-rule+kr-mask, rmu-rule-alpha300+kr-mask ("+kr": --keyword-robust
 --no-keyword-mask, as first measured; "+kr-mask": with --keyword-mask, today's default) (default:
-rmu-rule, rmu-rule+kr), adaptive-rule+kr-mask. ``--model gemma3-270m``: Gemma 3 270M instead of
+rmu-rule, rmu-rule+kr), adaptive-rule+kr-mask, adaptive-inf-lr3x(+kr-mask) (``--loss-dims
+informative --mask-first-token`` at lr 2.6e-4, for Gemma). ``--model gemma3-270m``: Gemma 3 270M instead of
 SmolLM2 (prepared by ``rmu.demo.model.gemma3_270m_path``). Each writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
 (the rule's measurements and chosen lr, alpha and coefficient).
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 import rmu.demo.keyword_robustness as driver
 
 RULE = {"auto": ["lr", "alpha", "coeff"]}
+INFORMATIVE = {"method": "adaptive", "auto": ["alpha", "coeff"], "lr": 2.6e-4, "loss_dims": "informative",
+               "mask_first_token": True}
 VARIANTS = {
     "rmu-rule": {"method": "rmu"} | RULE,
     "rmu-rule+kr": {"method": "rmu"} | driver.KR | RULE,
@@ -35,6 +38,9 @@ VARIANTS = {
     "rmu-rule-alpha300+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True,
                                   "auto": ["lr", "coeff"]},
     "adaptive-rule+kr-mask": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True} | RULE,
+    # Gemma 3 270M: losses without the massive dimensions at 3x the rule's lr there (docs/tuning.md)
+    "adaptive-inf-lr3x": INFORMATIVE,
+    "adaptive-inf-lr3x+kr-mask": INFORMATIVE | {"keyword_robust": True, "keyword_mask": True},
 }
 MODELS = ("smollm2", "gemma3-270m")
 
