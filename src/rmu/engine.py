@@ -61,7 +61,7 @@ from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_c
                       tokenize)
 from rmu.errors import RmuError
 from rmu.losses import loss_mask, masked_mse  # noqa: F401  (also rmu.engine's public names)
-from rmu.losses import informative_dims, informative_vector, select_dims
+from rmu.losses import informative_dims, informative_vector, retain_dims, select_dims
 from rmu.optim import make_optimizer
 from rmu.runner import FrozenPass, LayerRunner, _LayerCall, trainable_only  # noqa: F401  (also rmu.engine's names)
 from rmu.structure import ModelStructure, check_layer, find_structure, select_parameters
@@ -421,8 +421,7 @@ def _finish(run: _Run, plan: run_folder.OutputPlan, loaded_from_source: bool, pr
     )
     result.calibration = run.calibration
     report = health.diagnose(config, context.runner, run.batches, run.vectors, context.coefficients, run.records,
-                             context.ranks.device, lambda batch: loss_mask(batch, config), context.dims,
-                             retain_on_all_dims=config.loss_dims != "informative")
+                             context.ranks.device, lambda batch: loss_mask(batch, config), context.dims)
     result.health = report.to_dict()
     if progress:
         progress_write("\n".join(report.lines()), file=sys.stderr)
@@ -526,7 +525,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
     topic = config.topics[topic_index]
     u = context.targets[topic]
     dims = context.dims.get(topic)  # --loss-dims informative: the losses see these dimensions only
-    retain_dims = dims if config.loss_dims == "informative" else None  # forget-informative: retain on all
+    retain_loss_dims = retain_dims(config.loss_dims, dims)
     # Each rank computes its share of the rows; in one process the share is the whole batch, weight 1.
     forget_rows, retain_rows = forget.input_ids.shape[0], retain.input_ids.shape[0]
     # Full-batch masks: checked and used for the rank shares, then sliced to this rank's rows.
@@ -546,7 +545,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
     frozen_retain = runner.frozen(retain)
     frozen_forget_output = select_dims(frozen_forget.output, dims)
     retain_target = select_dims(_retain_target(config, frozen_retain.output, context.noise, retain_rows,
-                                               retain_share.rows), retain_dims)
+                                               retain_share.rows), retain_loss_dims)
     in_model_dtype = config.loss_dtype == "model"
     alpha = config.alpha[topic_index]
 
@@ -575,7 +574,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
 
     def retain_part():
         updated = runner.updated(frozen_retain)
-        error = alpha * masked_mse(select_dims(updated, retain_dims), retain_target, retain_mask, in_model_dtype)
+        error = alpha * masked_mse(select_dims(updated, retain_loss_dims), retain_target, retain_mask, in_model_dtype)
         loss = ranks.sum(error.detach() * retain_share.weight)
         _check_finite(loss, "retain", step, topic)
         return updated, error * (retain_share.weight * gradient_scale), loss

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rmu import rules, scale
-from rmu.losses import informative_vector, select_dims
+from rmu.losses import informative_vector, retain_dims, select_dims, used_positions
 
 logger = logging.getLogger("rmu.health")
 
@@ -128,22 +128,21 @@ def _rounded(value):
 @torch.no_grad()
 def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float | None, beta: float,
                   mask_of, device, records: list[dict], dims: torch.Tensor | None = None,
-                  retain_on_all_dims: bool = False) -> TopicHealth:
+                  loss_dims: str = "all") -> TopicHealth:
     """Layer-l statistics of one topic on its first ``HEALTH_BATCHES`` (forget, retain) batch pairs.
 
     ``coefficient``: the topic's fixed c, or None for Adaptive RMU's per-sample rule (then beta x
     each row's norm). ``mask_of(batch)``: the positions the losses use (None for all). ``dims``: the
-    dimensions the forget loss uses (``--loss-dims informative``; None for all), where ``u`` lives too;
-    norms, cosines, progress and drift are measured there (the drift on every dimension with
-    ``retain_on_all_dims``, as ``--loss-dims forget-informative``'s retain loss), the massive share on
-    every dimension.
+    dimensions the forget loss uses (``--loss-dims``; None for all), where ``u`` lives too; norms,
+    cosines, progress and drift are measured there (the drift where the retain loss of ``loss_dims``
+    acts: every dimension with ``forget-informative``), the massive share on every dimension.
     """
     sums = dict.fromkeys(("coeff", "frozen_norm", "norm", "frozen_cos", "cos", "progress", "retain_norm",
                           "drift", "massive_share", "informative_norm", "retain_norm_all", "drift_all"), 0.0)
     forget_tokens = retain_tokens = 0
     for forget, retain in pairs[:HEALTH_BATCHES]:
         forget, retain = forget.to(device), retain.to(device)
-        real = _positions(forget, mask_of(forget))
+        real = used_positions(forget, mask_of(forget))
         frozen = runner.frozen(forget)
         updated = select_dims(runner.updated(frozen).float(), dims)
         original = select_dims(frozen.output.float(), dims)
@@ -169,11 +168,11 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         sums["informative_norm"] += massive.other_norm * int(real.sum())
         forget_tokens += int(real.sum())
 
-        real = _positions(retain, mask_of(retain))
+        real = used_positions(retain, mask_of(retain))
         frozen = runner.frozen(retain)
         updated_all, original_all = runner.updated(frozen).float(), frozen.output.float()
-        retain_dims = None if retain_on_all_dims else dims
-        updated, original = select_dims(updated_all, retain_dims), select_dims(original_all, retain_dims)
+        held = retain_dims(loss_dims, dims)
+        updated, original = select_dims(updated_all, held), select_dims(original_all, held)
         sums["retain_norm"] += float(original.norm(dim=-1)[real].sum())
         sums["drift"] += float((updated - original).norm(dim=-1)[real].sum())
         sums["retain_norm_all"] += float(original_all.norm(dim=-1)[real].sum())
@@ -197,14 +196,10 @@ def measure_topic(runner, topic: str, pairs, u: torch.Tensor, coefficient: float
         forget_loss_last=losses[-1] if losses else None,
         massive_share=sums["massive_share"] / forget_tokens,
         informative_norm=sums["informative_norm"] / forget_tokens,
-        loss_dims="all" if dims is None else "forget-informative" if retain_on_all_dims else "informative",
+        loss_dims="all" if dims is None else loss_dims,
         retain_drift_all_dims=None if dims is None else (
             (sums["drift_all"] / retain_tokens) / max(sums["retain_norm_all"] / retain_tokens, 1e-12)),
     )
-
-
-def _positions(batch, mask: torch.Tensor | None) -> torch.Tensor:
-    return (batch.attention_mask if mask is None else mask).bool()
 
 
 def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
@@ -255,12 +250,11 @@ def verdicts(topics: list[TopicHealth], method: str) -> list[dict]:
 
 
 def diagnose(config, runner, batches, vectors: dict[str, torch.Tensor], coefficients: dict[str, float | None],
-             records: list[dict], device, mask_of, dims: dict[str, torch.Tensor | None] | None = None,
-             retain_on_all_dims: bool = False) -> HealthReport:
+             records: list[dict], device, mask_of, dims: dict[str, torch.Tensor | None] | None = None) -> HealthReport:
     """The health report of a finished run (see the module docstring); logs its warnings.
 
-    ``dims``: per topic the dimensions the forget loss used (``--loss-dims``; None: all), and the retain
-    loss too unless ``retain_on_all_dims``."""
+    ``dims``: per topic the dimensions the forget loss used (``config.loss_dims``; None: all), and the
+    retain loss too with ``informative``."""
     topics = []
     dims = dims or {}
     for index, topic in enumerate(config.topics):
@@ -268,7 +262,7 @@ def diagnose(config, runner, batches, vectors: dict[str, torch.Tensor], coeffici
             continue
         u = informative_vector(vectors[topic].float(), dims.get(topic)).to(device, torch.float32)
         topics.append(measure_topic(runner, topic, batches[index], u, coefficients[topic], config.beta[index],
-                                    mask_of, device, records, dims.get(topic), retain_on_all_dims))
+                                    mask_of, device, records, dims.get(topic), config.loss_dims))
     warnings = verdicts(topics, config.method)
     for warning in warnings:
         logger.warning(warning["message"])

@@ -50,6 +50,17 @@ def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
     return mask
 
 
+def used_positions(batch: TokenBatch, mask: torch.Tensor | None) -> torch.Tensor:
+    """The positions a ``loss_mask`` keeps, as booleans (every real token when it is None)."""
+    return (batch.attention_mask if mask is None else mask).bool()
+
+
+def retain_dims(loss_dims: str, dims: torch.Tensor | None) -> torch.Tensor | None:
+    """The dimensions the retain loss uses: the forget loss's ``dims`` with ``--loss-dims informative``,
+    every dimension (None) otherwise (``forget-informative`` holds the massive ones too)."""
+    return dims if loss_dims == "informative" else None
+
+
 def informative_dims(hidden_size: int, massive: list[int], device=None) -> torch.Tensor:
     """The indices of the hidden dimensions that are not in ``massive`` (``--loss-dims informative``)."""
     keep = torch.ones(hidden_size, dtype=torch.bool)

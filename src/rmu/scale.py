@@ -105,7 +105,7 @@ def massive_dims(config, runner, batches, device) -> dict[str, list[int]]:
     """Per topic, the massive dimensions of the frozen layer-l states of its first forget batch, over
     the positions the losses use: what ``--loss-dims informative`` leaves out when no calibration
     (``--auto``) has measured them already (the calibration measures the same batch the same way)."""
-    from rmu.losses import loss_mask
+    from rmu.losses import loss_mask, used_positions
 
     found = {}
     for index, topic in enumerate(config.topics):
@@ -113,8 +113,7 @@ def massive_dims(config, runner, batches, device) -> dict[str, list[int]]:
             found[topic] = []
             continue
         forget = batches[index][0][0].to(device)
-        mask = loss_mask(forget, config)
-        real = (forget.attention_mask if mask is None else mask).bool()
+        real = used_positions(forget, loss_mask(forget, config))
         found[topic] = massive_activations(runner.frozen(forget).output, real).dims
     return found
 
@@ -174,7 +173,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
     topic is measured. ``trained``: the model's trained tensors (restored after the probe step).
     """
     from rmu import rules
-    from rmu.losses import informative_dims, informative_vector, loss_mask, select_dims
+    from rmu.losses import informative_dims, informative_vector, loss_mask, select_dims, used_positions
 
     auto = set(config.auto)
     topics = []
@@ -187,8 +186,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
             raise CalibrationError(f"topic '{topic}' has no batch to calibrate on; give a longer corpus")
         forget, retain = (b.to(device) for b in batches[index][0])
         forget_mask, retain_mask = loss_mask(forget, config), loss_mask(retain, config)
-        forget_real = (forget.attention_mask if forget_mask is None else forget_mask).bool()
-        retain_real = (retain.attention_mask if retain_mask is None else retain_mask).bool()
+        forget_real, retain_real = used_positions(forget, forget_mask), used_positions(retain, retain_mask)
         frozen = runner.frozen(forget)
         massive = massive_activations(frozen.output, forget_real)
         # --loss-dims informative: N, R, c, D and the approach measured where the forget loss acts (R
