@@ -16,8 +16,8 @@ SmolLM2 (prepared by ``rmu.demo.model.gemma3_270m_path``). Each writes ``OUTPUT/
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import rmu.demo.keyword_robustness as driver
@@ -46,20 +46,16 @@ MODELS = ("smollm2", "gemma3-270m")
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        sys.exit(__doc__)
-    arguments = sys.argv[2:]
-    model = "smollm2"
-    if "--model" in arguments:
-        at = arguments.index("--model")
-        model = arguments[at + 1] if at + 1 < len(arguments) else ""
-        del arguments[at:at + 2]
-        if model not in MODELS:
-            sys.exit(f"--model {model!r}: choose one of {', '.join(MODELS)}")
-    output, names = Path(sys.argv[1]), arguments or ["rmu-rule", "rmu-rule+kr"]
-    unknown = [n for n in names if n not in VARIANTS]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("variants", nargs="*", default=["rmu-rule", "rmu-rule+kr"],
+                        help=f"some of {', '.join(VARIANTS)}")
+    parser.add_argument("--model", choices=MODELS, default="smollm2")
+    arguments = parser.parse_args()
+    unknown = [n for n in arguments.variants if n not in VARIANTS]
     if unknown:
-        sys.exit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    output, names, model = arguments.output, arguments.variants, arguments.model
     driver.VARIANTS.update(VARIANTS)
     real_unlearn, current = driver.unlearn, {}
 
