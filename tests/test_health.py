@@ -80,6 +80,31 @@ def test_partial_progress_fires_and_the_report_is_consistent(tiny, corpora):
     assert topic["coefficient"] == 0.5 and topic["frozen_forget_norm"] > 0
 
 
+def test_past_the_lr_peak_the_advice_is_not_a_larger_lr(tiny, corpora):
+    # lr 10x the one above at alpha 1000: the retain states drift 78% while the forget states end
+    # *farther* from the target; "raise --lr" would contradict the retain-drift advice.
+    result = run(tiny, corpora, lr=5e-2, alpha=1e3, steering_coeff=0.5)
+    topic = result.health["topics"][0]
+    assert topic["progress"] < 0.1 and topic["retain_drift"] > 0.2
+    assert codes(result) == {"forget-did-not-move", "retain-drift"}
+    messages = " ".join(w["message"] for w in result.health["warnings"])
+    assert "raise --lr" not in messages and "a larger --lr will not help; lower --lr" in messages
+
+
+def test_held_back_forget_states_get_lower_alpha_advice_that_works(tiny, corpora):
+    held = run(tiny, corpora, lr=5e-3, alpha=1e3, steering_coeff=0.5)
+    topic = held.health["topics"][0]
+    assert topic["progress"] < 0.1 and 0.01 < topic["retain_drift"] <= 0.2  # moved, not past DRIFT_HIGH
+    assert codes(held) == {"forget-did-not-move"}
+    message = held.health["warnings"][0]["message"]
+    assert "raise --lr" not in message and "lower --alpha about 10x" in message
+    # following the advice moves the forget states further; the advice it replaced does not
+    lower_alpha = run(tiny, corpora, lr=5e-3, alpha=1e2, steering_coeff=0.5).health["topics"][0]
+    larger_lr = run(tiny, corpora, lr=5e-2, alpha=1e3, steering_coeff=0.5).health["topics"][0]
+    assert lower_alpha["progress"] > topic["progress"] > larger_lr["progress"]
+    assert held.health["thresholds"]["held_ratio"] == 0.5
+
+
 def test_unlearn_cli_prints_health_and_writes_it_to_run_json(tmp_path, corpora):
     model = save_tiny_model(tmp_path / "model", "llama", num_layers=4)
     out = tmp_path / "run"
