@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from conftest import straight_and_resumed, unlearn_options, write_workspace
 from rmu import scale
+from rmu.cli import main
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.config import make_config
 from rmu.engine import calibrate, unlearn
@@ -159,6 +160,27 @@ def test_resume_is_byte_identical_with_the_probe(tmp_path, monkeypatch):
     assert resumed.records == straight.records
     for name, value in straight.final_weights.items():
         assert torch.equal(value, resumed.final_weights[name])
+
+
+def test_rmu_tune_draws_its_lr_from_the_real_steps_factor(tmp_path, monkeypatch):
+    monkeypatch.setattr(scale, "DRIFT_LIMIT", 1e3)  # let the tiny model's probe raise lr
+    folder = write_workspace(tmp_path / "ws", "elements", layers=4, lines=16, questions=6)
+    args = ["tune", "--model", str(folder / "model"), "--forget", f"f={folder / 'forget.jsonl'}",
+            "--retain", str(folder / "retain.txt"), "--forget-questions", str(folder / "questions.jsonl"),
+            "--retain-questions", str(folder / "questions.jsonl"), "--layer", "2", "--layers", "2",
+            "--steps", "6", "--batch-size", "2", "--min-len", "0", "--max-len", "32", "--retain-max-len", "32",
+            "--device", "cpu", "--scoring", "completion", "--trials", "1", "--output", str(tmp_path / "study"),
+            "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    calibration = summary["calibrations"]["2"]
+    real_steps, topic = calibration["real_steps"], calibration["topics"][0]
+    assert real_steps["factor"] > 1 and real_steps["probe_steps"] == 6  # calibrated at the longest run
+    one_step = scale.REACH * topic["distance"] / (6 * topic["approach"])
+    trial = json.loads((tmp_path / "study" / "trials.json").read_text())["trials"][0]
+    assert trial["params"]["lr_factor"] == 1.0  # the rule itself
+    assert trial["settings"]["lr"] == pytest.approx(real_steps["factor"] * one_step, rel=1e-2)
 
 
 def test_auto_lr_counts_in_the_fingerprint_only_with_auto_lr(corpora):

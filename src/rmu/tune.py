@@ -608,6 +608,8 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
 
     plots.save_figure(plot_pareto(trials, tuner.baseline, tuner.scorer.chance, settings.max_retain_drop,
                                   best.number if best is not None else None), tuner.output / PARETO_FILE)
+    # the scale rule's measurements the ranges were drawn from, per layer calibrated in this process
+    summary["calibrations"] = {str(layer): calibration for layer, calibration in sorted(tuner.calibrations.items())}
     summary["minutes"] = round((time.perf_counter() - started) / 60, 2)
     write_json(tuner.output / SUMMARY_FILE, summary)
     return summary
