@@ -48,10 +48,10 @@ measures, as the health report does, the progress (the fraction of the way from 
 and the retain drift. The rule promises an even pace, ``PROBE_STEPS`` / T of the way after
 ``PROBE_STEPS`` steps; the lr is raised by the shortfall (pace / progress), clamped to [1,
 ``MAX_FACTOR``] and to the drift room ``DRIFT_LIMIT`` / the probe's retain drift (the retain states'
-early drift grows about in proportion to lr: on Gemma 3 270M, animals, 7.9x the lr gave 3.6x the
-drift, so the linear guess is the cautious one; ``DRIFT_LIMIT`` is the health report's threshold for
-a damaged model). Never lowered: the first sign step is the largest an Adam step gets, so a probe ahead
-of the pace says the rule holds, not that it is too fast. One probe, not a search: on Gemma 3 270M
+early drift is taken to grow in proportion to lr; on Gemma 3 270M, animals, 7.9x the lr gave 3.6x the
+drift, so that guess is the cautious one; ``DRIFT_LIMIT`` is the health report's threshold for a
+damaged model). Never lowered: Adam's steps are at most about lr per weight, as the first sign step
+is, so a probe ahead of the pace says the rule holds, not that it is too fast. One probe, not a search: on Gemma 3 270M
 (animals) a second probe at 7.9x the rule's lr covered no more in 8 steps (1.33% against 1.35%) although
 over the 75-step run 10x covered 27% against 8%, so a short probe can measure the rule's shortfall at
 its own lr but cannot rank larger ones; the cap keeps the raise where 75-step runs still gained (16x
@@ -281,7 +281,7 @@ def lr_from_real_steps(sign_lr: float, run_steps: int, topics: int, probe) -> tu
     progress = max(m["progress"] for m in measured)
     drift = max(m["retain_drift"] for m in measured)
     shortfall = pace / max(progress, 1e-6)
-    # early drift grows about in proportion to lr (Gemma animals: 7.9x the lr, 3.6x the drift)
+    # the probe's drift taken to grow in proportion to lr (cautious: Gemma animals 7.9x the lr, 3.6x the drift)
     drift_room = DRIFT_LIMIT / max(drift, 1e-12)
     factor = significant(max(min(shortfall, MAX_FACTOR, drift_room), 1.0), 3)
     lr = significant(sign_lr * factor)
