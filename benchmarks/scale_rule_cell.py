@@ -19,8 +19,8 @@ method's scores per half, the settings the rule chose, the calibration, the heal
 docs/tuning.md that follow the health report's advice ("raise --lr about 3x"); ``--alpha X`` likewise
 replaces only the rule's alpha. ``--beta`` /
 ``--steering-coeff`` replace the rule's coefficient the same way (lr and alpha still calibrated for
-it); ``--params``, ``--mask-first-token``, ``--loss-dims``, ``--layer`` and ``--steps`` change the run as the
-``rmu unlearn`` options of those names do; ``--skip-base`` scores only the unlearned models.
+it); ``--params``, ``--mask-first-token``, ``--loss-dims``, ``--layer``, ``--steps``, ``--seed`` and ``--auto-lr``
+change the run as the ``rmu unlearn`` options of those names do; ``--skip-base`` scores only the unlearned models.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=DEFAULT.layer)
     parser.add_argument("--steps", type=int, default=DEFAULT.steps)
     parser.add_argument("--control-vectors", default=None, help="A control_vectors.safetensors to use, as rmu unlearn's.")
+    parser.add_argument("--seed", type=int, default=DEFAULT.seed, help="Run seed (default: the demo's).")
+    parser.add_argument("--auto-lr", choices=["steps", "sign-step"], default="steps",
+                        help="How --auto lr calibrates, as rmu unlearn --auto-lr (default steps).")
     parser.add_argument("--skip-base", action="store_true", help="Do not score the base model.")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
@@ -111,7 +114,8 @@ def main() -> None:
         config = make_config(dict(
             model=str(model_dir), forget={topic.forget_name: str(paths["forget_corpus"])},
             retain=[str(paths["retain_corpus"])], method=method,
-            **dict(DEFAULT.run_options(), layer=args.layer, steps=args.steps),
+            **dict(DEFAULT.run_options(), layer=args.layer, steps=args.steps, seed=args.seed),
+            auto_lr=args.auto_lr,
             mask_first_token=args.mask_first_token, params=args.params.split(","), loss_dims=args.loss_dims,
             control_vectors=args.control_vectors, auto=auto, **fixed))
         result = unlearn(config, model=model, tokenizer=tokenizer, progress=True)
@@ -119,7 +123,7 @@ def main() -> None:
         used = result.config
         results["runs"][f"rule-{method}" + "".join(f"-{key}{value:g}" for key, value in fixed.items())] = {
             "scores": scores,
-            "settings": {"lr": used.lr, "alpha": used.alpha, "beta": used.beta, "steering_coeff": used.steering_coeff,
+            "settings": {"seed": used.seed, "auto_lr": used.auto_lr, "lr": used.lr, "alpha": used.alpha, "beta": used.beta, "steering_coeff": used.steering_coeff,
                          "params": used.params, "mask_first_token": used.mask_first_token, "layer": used.layer,
                          "loss_dims": used.loss_dims, "massive_dims": result.loss_dims,
                          "coefficients": result.coefficients, "steps_run": len(result.records)},

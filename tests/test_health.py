@@ -122,7 +122,7 @@ def test_unlearn_cli_prints_health_and_writes_it_to_run_json(tmp_path, corpora):
 # ---- the scale rule ------------------------------------------------------------------------------
 
 def test_calibration_follows_the_rule_and_leaves_the_weights_alone(tiny, corpora):
-    auto = run(tiny, corpora, auto="all")
+    auto = run(tiny, corpora, auto="all", auto_lr="sign-step")  # the one-step rule alone (real steps: test_scale_steps)
     calibration = auto.calibration
     topic = calibration["topics"][0]
     chosen = calibration["chosen"]
@@ -138,8 +138,8 @@ def test_calibration_follows_the_rule_and_leaves_the_weights_alone(tiny, corpora
 
 
 def test_calibrated_lr_follows_the_run_length_and_only_auto_settings_change(tiny, corpora):
-    long = run(tiny, corpora, auto="lr", steps=8)
-    short = run(tiny, corpora, auto="lr", steps=4)
+    long = run(tiny, corpora, auto="lr", steps=8, auto_lr="sign-step")
+    short = run(tiny, corpora, auto="lr", steps=4, auto_lr="sign-step")
     assert short.calibration["chosen"]["lr"] == pytest.approx(2 * long.calibration["chosen"]["lr"], rel=2e-2)
     assert set(long.calibration["chosen"]) == {"lr"}
     assert long.config.alpha == [10.0] and long.config.steering_coeff == [5.0]

@@ -121,6 +121,11 @@ class UnlearnConfig(BaseModel):
             return ["lr", "alpha", "coeff"]
         return value
 
+    # The scale rule's lr (rmu.scale, issue #11): "steps" checks the one-sign-step rule's lr against a few
+    # real optimizer steps from the original weights and raises it by the measured shortfall (weights,
+    # optimizer and noise put back); "sign-step" is the one-step rule alone. Used with "lr" in auto only.
+    auto_lr: Literal["steps", "sign-step"] = "steps"
+
     # Losses on the informative dimensions (issue #11, rmu.losses.informative_dims): with "informative"
     # both losses, the control vector u, Adaptive RMU's norm, the scale rule and the health report use
     # only the layer-l dimensions that are NOT massive (rmu.scale.massive_activations on the topic's

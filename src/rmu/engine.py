@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -252,6 +252,24 @@ def _unlearn(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
     return _finish(run, plan, loaded_from_source, progress, started)
 
 
+def calibrate(config: UnlearnConfig, *, model: nn.Module, tokenizer) -> dict:
+    """The scale rule's calibration (``config.auto``) of the run ``config`` describes, without the run:
+    what ``rmu tune`` derives its search ranges from. The model's weights are left as they were (every
+    probe puts them back); nothing is written."""
+    if not config.auto:
+        raise UnlearnError("calibrate needs settings to calibrate: set auto (e.g. auto=['lr', 'alpha', 'coeff'])")
+    config = config.model_copy(update={"output": None, "resume": False, "save_every": 0})
+    with distributed.session(config.device) as ranks, run_folder.OutputPlan.claim(config, ranks.is_main) as plan:
+        _check_launch(config, ranks, model)
+        corpora = _read_corpora(config)
+        model, tokenizer, frozen_copy = _model_and_tokenizer(config, ranks, model, tokenizer)
+        structure = find_structure(model)
+        trained = select_parameters(model, structure, config.update_layers, config.params)
+        original = {name: p.detach().clone() for name, p in trained.items()}
+        with trainable_only(model, trained):
+            return _prepare(config, plan, ranks, model, tokenizer, structure, original, frozen_copy, corpora).calibration
+
+
 def _check_launch(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module | None) -> None:
     if config.fsdp and not ranks.distributed:
         raise UnlearnError("--fsdp shards the updated layers across processes: launch with --nproc N or torchrun")
@@ -347,24 +365,69 @@ def _prepare(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distribu
     dims, loss_dims = _loss_dims(config, runner, batches, device, calibration, structure.hidden_size)
     coefficients = _fixed_coefficients(config, runner, batches, device, dims)
 
-    optimizer = make_optimizer(config.optimizer, list(tensors.master.values()), config.lr)
     noise = torch.Generator().manual_seed(config.noise_seed if config.noise_seed is not None else config.seed)
+    # The published draw scales u by c in the model's dtype; rmu's in float32.
+    target_dtype = model_dtype if config.vector_draw == "original" else torch.float32
+    targets = {t: informative_vector(vectors[t], dims[t]).to(device, target_dtype) for t in topics}
+    context = _StepContext(config, ranks, runner, tensors, None, noise, coefficients, targets, dims)
+    if calibration is not None and "lr" in config.auto and config.auto_lr == "steps":
+        config = _lr_from_real_steps(context, batches, steps, calibration)
+        context.config = config
+
+    context.optimizer = make_optimizer(config.optimizer, list(tensors.master.values()), config.lr)
     records: list[dict] = []
     start = 0
     if plan.resuming:
-        start, records = plan.load_state(tensors.master, optimizer, noise)
+        start, records = plan.load_state(tensors.master, context.optimizer, noise)
         tensors.master_to_model()
         _coefficients_from_records(config, coefficients, records)
     if ranks.is_main:
         plan.begin(vectors)
         keywords.save_keywords(plan.output and plan.work, corpora.keywords)
-
-    # The published draw scales u by c in the model's dtype; rmu's in float32.
-    target_dtype = model_dtype if config.vector_draw == "original" else torch.float32
-    targets = {t: informative_vector(vectors[t], dims[t]).to(device, target_dtype) for t in topics}
-    context = _StepContext(config, ranks, runner, tensors, optimizer, noise, coefficients, targets, dims)
     return _Run(context, model, tokenizer, structure, original, vectors, batches, steps, start, records,
                 corpora.keywords, calibration, loss_dims)
+
+
+def _lr_from_real_steps(context: _StepContext, batches, steps: int, calibration: dict) -> UnlearnConfig:
+    """``--auto-lr steps``: the config with the one-step rule's lr checked against real steps of this run
+    (rmu.scale.lr_from_real_steps); what the probes measured goes into ``calibration["real_steps"]``."""
+    config, tensors, device = context.config, context.tensors, context.ranks.device
+    topics = config.topics
+    started = time.perf_counter()
+    taken = 0
+
+    def probe(lr: float, steps_per_topic: int) -> list[dict] | None:
+        nonlocal taken
+        saved = {name: p.detach().clone() for name, p in {**tensors.in_model, **tensors.master}.items()}
+        noise_state = context.noise.get_state()
+        probe_context = replace(context, config=config.model_copy(update={"lr": lr}),
+                                optimizer=make_optimizer(config.optimizer, list(tensors.master.values()), lr),
+                                coefficients=dict(context.coefficients))
+        # fork_rng: dropout (--train-mode) and the published noise draw use torch's own generators
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            try:
+                for step in range(steps_per_topic * len(topics)):
+                    pairs = batches[step % len(topics)]
+                    forget, retain = (b.to(device) for b in pairs[(step // len(topics)) % len(pairs)])
+                    _step(probe_context, step, forget, retain)
+                    taken += 1
+                return [health.measure_topic(
+                    context.runner, topic, batches[index], context.targets[topic].float(),
+                    probe_context.coefficients[topic], config.beta[index], lambda b: loss_mask(b, config), device,
+                    [], context.dims.get(topic), config.loss_dims).__dict__ for index, topic in enumerate(topics)]
+            except UnlearnError:  # a loss that is not finite: this lr is too large
+                return None
+            finally:
+                with torch.no_grad():
+                    for name, p in {**tensors.in_model, **tensors.master}.items():
+                        p.copy_(saved[name])
+                tensors.zero_grad()
+                context.noise.set_state(noise_state)
+
+    lr, measured = scale.lr_from_real_steps(config.lr, steps, len(topics), probe)
+    calibration["real_steps"] = measured | {"steps_run": taken, "seconds": round(time.perf_counter() - started, 1)}
+    calibration["chosen"]["lr"] = lr
+    return config.model_copy(update={"lr": lr})
 
 
 def _loss_dims(config: UnlearnConfig, runner: LayerRunner, batches, device, calibration: dict | None,

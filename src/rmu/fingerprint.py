@@ -24,7 +24,7 @@ RESUME_FREE = {"resume", "overwrite", "save_every", "device", "gradient_checkpoi
 # Options naming input files: compared by content (inputs), not by their spelling.
 PATH_OPTIONS = {"model", "forget", "retain", "control_vectors", "output"}
 # Options added after run states were first saved: the value of each that behaves as rmu did before it.
-OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False}
+OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False, "auto_lr": "sign-step"}
 _WHOLE_FILE_LIMIT = 16 * 2**20
 _EDGE = 2**20
 
@@ -34,6 +34,8 @@ def run_fingerprint(config) -> dict:
     options["topics"] = config.topics
     if not config.keyword_robust:  # --keyword-mask acts on --keyword-robust's sentences only
         options.pop("keyword_mask", None)
+    if "lr" not in config.auto:  # --auto-lr chooses how --auto lr calibrates; nothing without it
+        options.pop("auto_lr", None)
     inputs = {f"model {config.model}": model_identity(config.model)}
     for topic, source in config.forget.items():
         inputs[f"forget corpus '{topic}' ({source})"] = source_identity(source)

@@ -38,6 +38,28 @@ measurements and why the rule's settings then miss). With ``--loss-dims informat
 leave those dimensions out, and so does the rule: N, R, c = 2N, D and the first-step approach are
 measured on the other dimensions, with u restricted to them (``rmu.losses.informative_vector``).
 
+Real steps (``--auto-lr steps``, the default). The one-step rule assumes the run's Adam steps keep
+1/``REACH`` of the first sign step's approach rate. On Gemma 3 270M's informative dimensions they do
+not: at the rule's lr a 75-step run covered 8% of the way (animals), and 3-10x that lr was needed
+(docs/tuning.md, "The lr over real steps"). :func:`lr_from_real_steps` checks the rule's promise
+directly: from the original weights it runs ``PROBE_STEPS`` real steps per topic of the run itself
+at the rule's lr (its optimizer, losses, alpha and coefficient, on the run's first batches) and
+measures, as the health report does, the progress (the fraction of the way from h to c*u covered)
+and the retain drift. The rule promises an even pace, ``PROBE_STEPS`` / T of the way after
+``PROBE_STEPS`` steps; the lr is raised by the shortfall (pace / progress), clamped to [1,
+``MAX_FACTOR``] and to the drift room ``DRIFT_LIMIT`` / the probe's retain drift (the retain states'
+early drift is taken to grow in proportion to lr; on Gemma 3 270M, animals, 7.9x the lr gave 3.6x the
+drift, so that guess is the cautious one; ``DRIFT_LIMIT`` is the health report's threshold for a
+damaged model). Never lowered: Adam's steps are at most about lr per weight, as the first sign step
+is, so a probe ahead of the pace says the rule holds, not that it is too fast. One probe, not a search: on Gemma 3 270M
+(animals) a second probe at 7.9x the rule's lr covered no more in 8 steps (1.33% against 1.35%) although
+over the 75-step run 10x covered 27% against 8%, so a short probe can measure the rule's shortfall at
+its own lr but cannot rank larger ones; the cap keeps the raise where 75-step runs still gained (16x
+and 30x covered less than 10x). After the probe the weights, the noise generator and torch's random
+state are put back exactly and the run's optimizer is made afterwards, so the run is the one it would
+be with the chosen lr given by hand (tests/test_scale_steps.py). Cost: ``PROBE_STEPS`` steps per topic
+and one health-report measurement; the values go into run.json under ``calibration.real_steps``.
+
 The calibration costs, per topic, one frozen pass of layers 0..l on a forget and a retain batch,
 one forward+backward and one forward of the updated layers. Enabled per setting by
 ``UnlearnConfig.auto`` (``--auto lr,alpha,coeff`` or ``--auto all``); the measured values and the
@@ -58,6 +80,10 @@ EPS_RELATIVE = 1e-3  # finite-difference step, relative to the trained weights' 
 EPS_RELATIVE_HALF = 3e-2  # in bfloat16/float16 a smaller step would round away
 AUTO_SETTINGS = ("lr", "alpha", "coeff")
 MASSIVE_FACTOR = 100.0  # a dimension is "massive" when its mean square exceeds this x the median dimension's
+# --auto-lr steps: the probe over real optimizer steps (lr_from_real_steps)
+PROBE_STEPS = 8  # real steps per topic in the probe (fewer when the run itself is shorter)
+MAX_FACTOR = 10.0  # the most the probe raises the one-step rule's lr (Gemma animals: 16x, 30x moved less than 10x)
+DRIFT_LIMIT = 0.2  # nor so far that the probe's retain drift, scaled by the raise, passes this (health's DRIFT_HIGH)
 
 
 class CalibrationError(RuntimeError):
@@ -234,3 +260,32 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
         "chosen": updates,
     }
     return config.model_copy(update=updates), calibration
+
+
+def lr_from_real_steps(sign_lr: float, run_steps: int, topics: int, probe) -> tuple[float, dict]:
+    """The one-step rule's lr checked against real optimizer steps, and what the probe measured.
+
+    ``probe(lr, steps)`` runs ``steps`` real steps per topic of the run at ``lr`` from the original
+    weights, puts everything back, and returns per topic ``{"progress", "retain_drift"}`` (as the
+    health report measures them), or None when a loss was not finite. See the module docstring.
+    """
+    topic_steps = max(1, math.ceil(run_steps / topics))
+    steps = min(PROBE_STEPS, topic_steps)
+    pace = steps / topic_steps  # the rule's promise: an even pace that reaches c*u at the run's end
+    measured = probe(sign_lr, steps)
+    record = {"sign_step_lr": sign_lr, "probe_steps": steps, "pace": significant(pace, 4),
+              "rule": {"probe_steps": PROBE_STEPS, "max_factor": MAX_FACTOR, "drift_limit": DRIFT_LIMIT}}
+    if measured is None:  # the rule's own lr diverged: nothing to raise (the run will say so)
+        return sign_lr, record | {"diverged": True, "shortfall": None, "factor": 1.0, "lr": sign_lr}
+    # the fastest topic: one optimizer, so no topic is pushed past the pace
+    progress = max(m["progress"] for m in measured)
+    drift = max(m["retain_drift"] for m in measured)
+    shortfall = pace / max(progress, 1e-6)
+    # the probe's drift taken to grow in proportion to lr (cautious: Gemma animals 7.9x the lr, 3.6x the drift)
+    drift_room = DRIFT_LIMIT / max(drift, 1e-12)
+    factor = significant(max(min(shortfall, MAX_FACTOR, drift_room), 1.0), 3)
+    lr = significant(sign_lr * factor)
+    return lr, record | {"progress": [significant(m["progress"], 4) for m in measured],
+                         "retain_drift": [significant(m["retain_drift"], 4) for m in measured],
+                         "shortfall": significant(shortfall, 4), "drift_room": significant(drift_room, 4),
+                         "factor": factor, "lr": lr}

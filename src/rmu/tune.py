@@ -24,12 +24,15 @@ at 0.36, docs/tuning.md), so Optuna's median pruner, which compared half-way obj
 trials that had not yet had their chance; a retain loss that large rarely comes back.
 
 The search space is written relative to the scale rule (:mod:`rmu.scale`), so its ranges follow
-the model's measured norms and not Zephyr's: for each candidate layer a one-step probe run
-calibrates the layer's norms and the rule's lr and alpha, then a trial draws
+the model's measured norms and not Zephyr's: for each candidate layer the scale rule's calibration
+(:func:`rmu.engine.calibrate` at the study's longest run: the one-step probe and, with ``--auto-lr
+steps``, the default, the real-steps probes' lr factor) measures the layer's norms and the rule's lr and
+alpha, then a trial draws
 
 * method in {rmu, adaptive}, layer among the candidates, steps in [steps/4, steps],
 * ``coeff_ratio`` in [1, 8] (log): c = ratio x the layer's forget norm (RMU) or beta = ratio,
-* ``lr_factor`` in [0.2, 10] (log): lr = factor x the rule's lr for that layer and step count,
+* ``lr_factor`` in [0.2, 10] (log): lr = factor x the rule's lr for that layer and step count
+  (the one-step rule's lr at the trial's steps x the real-steps factor measured at the longest run),
 * ``alpha_factor`` in [0.1, 10] (log): alpha = factor x the rule's alpha,
 * ``noise_ratio`` in [0, 0.5]: noise = ratio x the retain states' per-coordinate scale
   (retain norm / sqrt(width)).
@@ -65,7 +68,7 @@ from rmu import fingerprint, scale
 from rmu.analysis.common import load_full_model, read_json, write_json
 from rmu.analysis.sweeps import sweep_inputs
 from rmu.config import ConfigError, UnlearnConfig, make_config
-from rmu.engine import UnlearnError, unlearn
+from rmu.engine import UnlearnError, calibrate, unlearn
 from rmu.errors import RmuError
 from rmu.eval import evaluate, perplexity
 from rmu.eval.tasks import Task, load_task
@@ -275,23 +278,27 @@ class _Tuner:
                 parameters[name].copy_(value)
 
     def calibration(self, layer: int) -> dict:
-        """The scale rule's measurements at ``layer`` (one-step probe run, weights put back)."""
+        """The scale rule's measurements at ``layer`` for the study's longest run (``engine.calibrate``:
+        the one-step probe and, with ``--auto-lr steps``, the real-steps probes; weights put back)."""
         if layer not in self.calibrations:
-            values = dict(self.base_values, layer=layer, update_layers=None, steps=1, auto=["lr", "alpha", "coeff"],
-                          method="rmu")
+            values = dict(self.base_values, layer=layer, update_layers=None, steps=self.max_steps,
+                          auto=["lr", "alpha", "coeff"], method="rmu")
             try:
-                result = unlearn(make_config(values), model=self.model, tokenizer=self.tokenizer, progress=False)
+                self.calibrations[layer] = calibrate(make_config(values), model=self.model, tokenizer=self.tokenizer)
             finally:
                 self.restore()
-            self.calibrations[layer] = result.calibration["topics"]
         return self.calibrations[layer]
 
     def trial_values(self, params: dict) -> dict:
         """The unlearning options of a trial's parameters (rule x factors)."""
-        topics = self.calibration(params["layer"])
+        calibration = self.calibration(params["layer"])
+        topics = calibration["topics"]
         steps = params["steps"]
         topic_steps = max(1, math.ceil(steps / len(topics)))
-        rule_lr = min(scale.REACH * t["distance"] / (topic_steps * max(t["approach"], 1e-30)) for t in topics)
+        # the one-step rule at the trial's length, times what the real-steps probes found it lacked
+        real_steps = calibration.get("real_steps", {}).get("factor", 1.0)
+        rule_lr = real_steps * min(scale.REACH * t["distance"] / (topic_steps * max(t["approach"], 1e-30))
+                                   for t in topics)
         values = dict(self.base_values, method=params["method"], layer=params["layer"], update_layers=None,
                       steps=steps, lr=scale.significant(params["lr_factor"] * rule_lr),
                       alpha=[scale.significant(params["alpha_factor"] * t["alpha"]) for t in topics])
@@ -601,6 +608,8 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
 
     plots.save_figure(plot_pareto(trials, tuner.baseline, tuner.scorer.chance, settings.max_retain_drop,
                                   best.number if best is not None else None), tuner.output / PARETO_FILE)
+    # the scale rule's measurements the ranges were drawn from, per layer calibrated in this process
+    summary["calibrations"] = {str(layer): calibration for layer, calibration in sorted(tuner.calibrations.items())}
     summary["minutes"] = round((time.perf_counter() - started) / 60, 2)
     write_json(tuner.output / SUMMARY_FILE, summary)
     return summary

@@ -97,6 +97,9 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
     "auto": _option("--auto", help="Scale rule: calibrate these settings from the model's measured layer norms "
         "instead of taking them as given: lr, alpha, coeff (comma-separated) or all. "
         "See docs/tuning.md."),
+    "auto_lr": _option("--auto-lr", type=click.Choice(["steps", "sign-step"]),
+        help="With --auto lr: steps (default) checks the one-sign-step rule's lr against a few real optimizer "
+        "steps and raises it by the measured shortfall; sign-step is the one-step rule alone. See docs/tuning.md."),
     "loss_dims": _option("--loss-dims", type=click.Choice(["all", "informative", "forget-informative"]),
         help="Dimensions of the layer output the losses use: all (default), informative (leave out the few "
         "massive, nearly constant dimensions; for models such as Gemma 3; see docs/tuning.md) or "

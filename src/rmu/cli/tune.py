@@ -10,7 +10,7 @@ from rmu.experiments.values import SCORINGS
 
 # The run options a study fixes for every trial (it draws method, layer, steps, lr, alpha, c or beta, noise).
 _FIXED = ("batch_size", "max_len", "retain_max_len", "min_len", "seed", "mask_padding", "mask_first_token", "loss_dims",
-          "dtype", "device")
+          "dtype", "device", "auto_lr")
 _AS_A_STUDY = {
     **MANY_RUNS,
     "config_file": dict(help="YAML file of unlearning options (as for rmu unlearn): the fixed part of every trial."),
