@@ -24,7 +24,10 @@ RESUME_FREE = {"resume", "overwrite", "save_every", "device", "gradient_checkpoi
 # Options naming input files: compared by content (inputs), not by their spelling.
 PATH_OPTIONS = {"model", "forget", "retain", "control_vectors", "output"}
 # Options added after run states were first saved: the value of each that behaves as rmu did before it.
-OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False}
+OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False, "keyword_positions": ["before", "after", "inside"],
+                   "keyword_window": None, "keyword_forget_focus": False}
+# Options that act on --keyword-robust's sentences only: no part of a run without them.
+KEYWORD_ONLY = ("keyword_mask", "keyword_positions", "keyword_window", "keyword_forget_focus")
 _WHOLE_FILE_LIMIT = 16 * 2**20
 _EDGE = 2**20
 
@@ -32,8 +35,9 @@ _EDGE = 2**20
 def run_fingerprint(config) -> dict:
     options = {k: v for k, v in config.model_dump().items() if k not in RESUME_FREE | PATH_OPTIONS}
     options["topics"] = config.topics
-    if not config.keyword_robust:  # --keyword-mask acts on --keyword-robust's sentences only
-        options.pop("keyword_mask", None)
+    if not config.keyword_robust:
+        for key in KEYWORD_ONLY:
+            options.pop(key, None)
     inputs = {f"model {config.model}": model_identity(config.model)}
     for topic, source in config.forget.items():
         inputs[f"forget corpus '{topic}' ({source})"] = source_identity(source)

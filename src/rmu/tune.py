@@ -377,7 +377,8 @@ def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
     spelling, so a study continues from another working folder or after its inputs were moved."""
     options = {k: v for k, v in base.items() if k not in _INPUT_OPTIONS}
     if not base.get("keyword_robust") and settings.keyword_weight == 0:  # no trial inserts keyword sentences
-        options.pop("keyword_mask", None)
+        for key in fingerprint.KEYWORD_ONLY:
+            options.pop(key, None)
     return json.loads(json.dumps({"base": options, "inputs": _input_identities(base),
                                   "settings": _study_settings(settings), "tasks": tasks}, default=str))
 

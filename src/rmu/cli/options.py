@@ -111,6 +111,15 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
         help="--keyword-robust: leave the inserted keyword sentence's own tokens out of the retain loss, so only "
         "the document's text around it is held (default on; needs a fast tokenizer; --no-keyword-mask holds "
         "every token, as before 2026-11-30)."),
+    "keyword_positions": _option("--keyword-positions", metavar="LIST",
+        help="--keyword-robust: where a sentence may go, comma-separated of before, after, inside (default all "
+        "three; a sentence after the document trains nothing under --keyword-mask)."),
+    "keyword_window": _option("--keyword-window", type=click.IntRange(min=1), metavar="TOKENS",
+        help="--keyword-robust with --keyword-mask: hold only this many tokens after the inserted sentence "
+        "(default: the whole rest of the document)."),
+    "keyword_forget_focus": _option("--keyword-forget-focus/--no-keyword-forget-focus", default=None,
+        help="--keyword-robust: the forget loss counts each forget sentence from its first keyword on only (the "
+        "words before it, shared with the retain text, are left out; default off)."),
     "quiet": _option("--quiet", is_flag=True, help="No progress bar."),
 }
 

@@ -53,6 +53,16 @@ VARIANTS = {
     "adaptive+kr-mask0.25": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
                              "keyword_fraction": 0.25},
     "rmu+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True},
+    # the animals topic's forgetting (issue #12, kwpos): sentences before/inside only, a window after them
+    "adaptive+kr-mask-bi": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside")},
+    "adaptive+kr-mask-w8": {"method": "adaptive", "keyword_robust": True, "keyword_window": 8},
+    "adaptive+kr-mask-b": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before",)},
+    "adaptive+kr-mask-i": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("inside",)},
+    "adaptive+kr-mask-f": {"method": "adaptive", "keyword_robust": True, "keyword_forget_focus": True},
+    "adaptive+kr-mask-bi-f": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
+                              "keyword_forget_focus": True},
+    "adaptive+kr-mask-bi-w8": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
+                               "keyword_window": 8},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample"} | KR,
 }
