@@ -1,4 +1,5 @@
-"""``--keyword-positions``, ``--keyword-window`` and ``--keyword-forget-focus`` (issue #12, the animals topic)."""
+"""``--keyword-positions``, ``--keyword-window``, ``--keyword-forget-focus`` and ``--keyword-retain-weight``
+(issue #12, the animals topic)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rmu.config import ConfigError, make_config
 from rmu.data import prepare_tokenizer, tokenize
 from rmu.engine import unlearn
 from rmu.fingerprint import differences, run_fingerprint
+from rmu.losses import loss_mask
 from rmu.keywords import KEYWORDS_FILE, POSITIONS, augment_with_spans, forget_focus_spans, insert_sentence_at
 from rmu.testing import save_tiny_model, tiny_model
 
@@ -110,6 +112,29 @@ def test_forget_focus_marks_the_forget_batches_and_leaves_retain_alone(corpora, 
             assert not kept.strip().startswith("The")  # the sentence's start before the keyword is left out
 
 
+# ---- retain weight --------------------------------------------------------------------------------
+
+
+def test_the_retain_weight_weighs_the_augmented_rows_positions(corpora, tokenizer):  # noqa: F811
+    config = make_config(two_topic_options(corpora, keyword_robust=True, keyword_retain_weight=0.25,
+                                           keyword_fraction=0.5, mask_padding=True))
+    read = engine._read_corpora(config)
+    batches = engine._tokenize_needed(read, tokenizer, config, 6)
+    seen = set()
+    for (forget, retain), spans in zip(batches[0], read.retain_inserted[0]):
+        assert forget.row_weights is None
+        mask = loss_mask(retain, config)
+        for row, span in enumerate(spans):
+            weight = 1.0 if span is None else 0.25
+            seen.add(weight)
+            kept = retain.attention_mask[row].bool() & ~retain.excluded[row]
+            assert torch.all(mask[row][kept] == weight) and torch.all(mask[row][~kept] == 0)
+    assert seen == {1.0, 0.25}
+    unweighted = config.model_copy(update={"keyword_retain_weight": 1.0})
+    plain = engine._tokenize_needed(engine._read_corpora(unweighted), tokenizer, unweighted, 6)
+    assert all(retain.row_weights is None for _, retain in plain[0])  # weight 1: the batches as before
+
+
 # ---- the engine, resume, fingerprint, CLI --------------------------------------------------------
 
 
@@ -117,8 +142,8 @@ def test_each_option_changes_its_own_loss_only(corpora):  # noqa: F811
     model, tokenizer = tiny_model(num_layers=5)
 
     def records(**extra):
-        config = make_config(two_topic_options(corpora, keyword_robust=True, keyword_fraction=1.0, retain_max_len=160,
-                                               **extra))
+        config = make_config(two_topic_options(corpora, keyword_robust=True, retain_max_len=160,
+                                               **({"keyword_fraction": 1.0} | extra)))
         return unlearn(config, model=copy.deepcopy(model), tokenizer=tokenizer, progress=False).records
 
     today = records()
@@ -129,14 +154,20 @@ def test_each_option_changes_its_own_loss_only(corpora):  # noqa: F811
     for extra in (dict(keyword_positions=["before", "inside"]), dict(keyword_window=2)):
         other = records(**extra)
         assert other[0]["forget_loss"] == today[0]["forget_loss"]
-        assert [r["retain_loss"] for r in other] != [r["retain_loss"] for r in today]
+        assert [r["retain_loss"] for r in other] != [r["retain_loss"] for r in today], extra
+    # every document augmented: one weight for all rows is the same mean; half of them: the retain loss changes
+    assert records(keyword_retain_weight=0.5) == today
+    half = records(keyword_fraction=0.5)
+    weighted = records(keyword_fraction=0.5, keyword_retain_weight=0.5)
+    assert weighted[0]["forget_loss"] == half[0]["forget_loss"]
+    assert [r["retain_loss"] for r in weighted] != [r["retain_loss"] for r in half]
 
 
 def test_resume_with_the_options_gives_the_uninterrupted_run(corpora, tmp_path):  # noqa: F811
     folder = save_tiny_model(tmp_path / "model", num_layers=5)
     options = two_topic_options(corpora, model=str(folder), keyword_robust=True, method="adaptive", beta=2.0,
                                 mask_padding=True, keyword_positions=["before", "inside"], keyword_window=3,
-                                keyword_forget_focus=True)
+                                keyword_forget_focus=True, keyword_retain_weight=0.5)
     straight, resumed = straight_and_resumed(options, tmp_path, stop_at_step=3)
     assert [r["retain_loss"] for r in resumed.records] == [r["retain_loss"] for r in straight.records]
     assert [r["forget_loss"] for r in resumed.records] == [r["forget_loss"] for r in straight.records]
@@ -149,7 +180,7 @@ def test_a_state_saved_before_the_options_resumes_while_they_are_set_as_before(t
     corpus = tmp_path / "a.jsonl"
     corpus.write_text('{"text": "x"}\n')
     base = {"model": "some/hub-id", "forget": {"bio": str(corpus)}, "retain": [str(corpus)], "keyword_robust": True}
-    new = ("keyword_positions", "keyword_window", "keyword_forget_focus")
+    new = ("keyword_positions", "keyword_window", "keyword_forget_focus", "keyword_retain_weight")
     older = run_fingerprint(make_config(base))
     for key in new:
         older["options"].pop(key)
@@ -171,7 +202,9 @@ def test_bad_values_are_refused(corpora):  # noqa: F811
                            (dict(keyword_positions="before,middle"), "'before', 'after' or 'inside'"),
                            (dict(keyword_window=0), "--keyword-window 0"),
                            (dict(keyword_window=4, keyword_mask=False), "with --keyword-mask"),
-                           (dict(keyword_forget_focus=True, slow_tokenizer=True), "fast tokenizer")):
+                           (dict(keyword_forget_focus=True, slow_tokenizer=True), "fast tokenizer"),
+                           (dict(keyword_retain_weight=0), "--keyword-retain-weight 0"),
+                           (dict(keyword_retain_weight=0.5, keyword_mask=False), "with --keyword-mask")):
         with pytest.raises(ConfigError, match=message):
             make_config(two_topic_options(corpora, keyword_robust=True, **extra))
 
@@ -187,14 +220,16 @@ def test_cli_options_reach_the_run(tmp_path, corpora):  # noqa: F811
     arguments = ["unlearn", "--model", str(model), "--forget", f"bio={forget['bio']}", "--retain", retain, "--layer",
                  "3", "--steps", "2", "--batch-size", "3", "--min-len", "0", "--keyword-robust", "--quiet",
                  "--keyword-positions", "before,inside", "--keyword-window", "4", "--keyword-forget-focus",
+                 "--keyword-retain-weight", "0.5",
                  "--output", str(output)]
     result = CliRunner().invoke(main, arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     config = json.loads((output / "run.json").read_text())["config"]
-    assert (config["keyword_positions"], config["keyword_window"], config["keyword_forget_focus"]) == (
-        ["before", "inside"], 4, True)
+    assert (config["keyword_positions"], config["keyword_window"], config["keyword_forget_focus"],
+            config["keyword_retain_weight"]) == (["before", "inside"], 4, True, 0.5)
     saved = json.loads((output / KEYWORDS_FILE).read_text())
-    assert (saved["positions"], saved["window"], saved["forget_focus"]) == (["before", "inside"], 4, True)
+    assert (saved["positions"], saved["window"], saved["forget_focus"], saved["retain_weight"]) == (
+        ["before", "inside"], 4, True, 0.5)
     bad = CliRunner().invoke(main, [*arguments[:-2], "--keyword-positions", "over", "--output", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "keyword" in bad.output
 

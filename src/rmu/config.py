@@ -137,6 +137,7 @@ class UnlearnConfig(BaseModel):
     keyword_positions: list[Literal["before", "after", "inside"]] = ["before", "after", "inside"]
     keyword_window: int | None = None  # with --keyword-mask: hold only this many tokens after the sentence
     keyword_forget_focus: bool = False  # the forget loss counts each sentence from its first keyword on only
+    keyword_retain_weight: float = 1.0  # with --keyword-mask: an augmented document's positions count this much
 
     @field_validator("forget", mode="before")
     @classmethod
@@ -235,6 +236,9 @@ class UnlearnConfig(BaseModel):
         if not self.keyword_positions or len(set(self.keyword_positions)) != len(self.keyword_positions):
             raise ValueError(f"--keyword-positions {','.join(self.keyword_positions)}: give each of before, after, "
                              "inside at most once, at least one of them")
+        if not 0 < self.keyword_retain_weight <= 1 or (self.keyword_retain_weight != 1 and not self.keyword_mask):
+            raise ValueError(f"--keyword-retain-weight {self.keyword_retain_weight}: a weight in (0, 1], with "
+                             "--keyword-mask")
         if self.keyword_window is not None and (self.keyword_window < 1 or not self.keyword_mask):
             raise ValueError(f"--keyword-window {self.keyword_window}: a number of tokens >= 1, with --keyword-mask "
                              "(the window starts where the masked sentence ends)")

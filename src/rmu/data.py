@@ -198,14 +198,19 @@ class TokenBatch:
     # (batch, tokens), True on tokens the losses leave out (the sentences --keyword-robust inserts,
     # see tokenize); None: none left out
     excluded: torch.Tensor | None = None
+    # (batch,), how much each row's positions count in the loss's mean (--keyword-retain-weight: the
+    # augmented retain documents'); None: 1 for every row
+    row_weights: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TokenBatch":
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                          None if self.excluded is None else self.excluded.to(device))
+                          None if self.excluded is None else self.excluded.to(device),
+                          None if self.row_weights is None else self.row_weights.to(device))
 
     def rows(self, rows: slice) -> "TokenBatch":
         return TokenBatch(self.input_ids[rows], self.attention_mask[rows],
-                          None if self.excluded is None else self.excluded[rows])
+                          None if self.excluded is None else self.excluded[rows],
+                          None if self.row_weights is None else self.row_weights[rows])
 
 
 def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):

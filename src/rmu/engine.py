@@ -448,6 +448,9 @@ def _tokenize_needed(corpora: _Corpora, tokenizer, config: UnlearnConfig, steps:
             if b not in cache:
                 spans = corpora.retain_inserted[t][b] if corpora.retain_inserted else None
                 cache[b] = tokenize(tokenizer, retain_list[b], config.retain_max_len, spans, config.keyword_window)
+                if spans is not None and config.keyword_retain_weight != 1:  # the augmented rows count less
+                    cache[b].row_weights = torch.tensor([1.0 if s is None else config.keyword_retain_weight
+                                                         for s in spans])
             forget_spans = corpora.forget_excluded[t][b] if corpora.forget_excluded else None
             pairs.append((tokenize(tokenizer, corpora.forget[t][b], config.max_len[t], forget_spans), cache[b]))
         batches.append(pairs)

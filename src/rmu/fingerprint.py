@@ -25,9 +25,11 @@ RESUME_FREE = {"resume", "overwrite", "save_every", "device", "gradient_checkpoi
 PATH_OPTIONS = {"model", "forget", "retain", "control_vectors", "output"}
 # Options added after run states were first saved: the value of each that behaves as rmu did before it.
 OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False, "keyword_positions": ["before", "after", "inside"],
-                   "keyword_window": None, "keyword_forget_focus": False}
+                   "keyword_window": None, "keyword_forget_focus": False,
+                   "keyword_retain_weight": 1.0}
 # Options that act on --keyword-robust's sentences only: no part of a run without them.
-KEYWORD_ONLY = ("keyword_mask", "keyword_positions", "keyword_window", "keyword_forget_focus")
+KEYWORD_ONLY = ("keyword_mask", "keyword_positions", "keyword_window", "keyword_forget_focus",
+                "keyword_retain_weight")
 _WHOLE_FILE_LIMIT = 16 * 2**20
 _EDGE = 2**20
 

@@ -284,7 +284,8 @@ def augment_corpora(config, corpora):
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
                "fraction": config.keyword_fraction, "templates": list(TRAINING_TEMPLATES),
                "mask_inserted": config.keyword_mask, "positions": list(config.keyword_positions),
-               "window": config.keyword_window, "forget_focus": config.keyword_forget_focus, "keywords": chosen, "per_topic": per_topic}
+               "window": config.keyword_window, "forget_focus": config.keyword_forget_focus,
+               "retain_weight": config.keyword_retain_weight, "keywords": chosen, "per_topic": per_topic}
     return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary,
                    retain_inserted=[inserted[id(batches)] for batches in corpora.retain] if config.keyword_mask
                    else None, forget_excluded=forget_excluded)

@@ -120,6 +120,9 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
     "keyword_forget_focus": _option("--keyword-forget-focus/--no-keyword-forget-focus", default=None,
         help="--keyword-robust: the forget loss counts each forget sentence from its first keyword on only (the "
         "words before it, shared with the retain text, are left out; default off)."),
+    "keyword_retain_weight": _option("--keyword-retain-weight", type=float, metavar="W",
+        help="--keyword-robust with --keyword-mask: an augmented retain document's positions count W times a "
+        "plain one's in the retain loss's mean (0 < W <= 1; default 1)."),
     "quiet": _option("--quiet", is_flag=True, help="No progress bar."),
 }
 
