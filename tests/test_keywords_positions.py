@@ -21,6 +21,7 @@ from rmu.keywords import KEYWORDS_FILE, POSITIONS, augment_with_spans, forget_fo
 from rmu.testing import save_tiny_model, tiny_model
 
 from test_keywords import FORGET, corpora, two_topic_options  # noqa: F401  (the fixture is used by name)
+from test_tune import tune_args, workspace  # noqa: F401  (the fixture is used by name)
 
 DOCUMENTS = [f"Paris is the capital of France. It lies on the Seine. Fact {i}." for i in range(200)]
 KEYWORDS = ["Iron", "Neon", "argon"]
@@ -236,3 +237,21 @@ def test_cli_options_reach_the_run(tmp_path, corpora):  # noqa: F811
 
 def test_forget_corpora_of_the_fixture_name_their_keywords():
     assert all("pathogen" in d for d in FORGET["bio"]) and all("exploit" in d for d in FORGET["cyber"])
+
+
+def test_a_tune_study_runs_its_keyword_robust_trials_with_the_settings_of_its_config(workspace, tmp_path):  # noqa: F811
+    import yaml
+    from click.testing import CliRunner
+
+    from rmu.cli import main
+
+    config = tmp_path / "base.yaml"
+    config.write_text(yaml.safe_dump({"keyword_positions": ["before", "inside"], "keyword_forget_focus": True}))
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2", "--keyword-weight", "1",
+                                                "--no-pruning", "--config", str(config)))
+    assert result.exit_code == 0, result.output
+    trials = json.loads((out / "trials.json").read_text())
+    assert [t["params"]["keyword_robust"] for t in trials["trials"]] == [False, True]
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["keyword_positions"] == ["before", "inside"] and best["keyword_forget_focus"] is True

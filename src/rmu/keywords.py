@@ -47,6 +47,24 @@ while the keyword sentence itself may be steered like forget text. A sentence af
 is then left out whole and changes nothing (causal attention). The spans come from the same draws,
 so ranks and resumed runs agree. Measured in ``docs/robustness.md``: on both topics, over several
 seeds, it forgets more than ``--no-keyword-mask`` with a keyword drop as low.
+
+**Four more settings** (issue #12's animals topic, where the option costs forgetting; measured in
+``docs/robustness.md``, "Giving back the animals topic's forgetting"):
+
+* ``keyword_positions`` (``--keyword-positions``, default all of :data:`POSITIONS`): the places a
+  sentence may go, drawn uniformly among those given (with all three the draws are the ones
+  before the setting existed). ``before,inside`` keeps the sentence ahead of document text: under
+  the mask a sentence after the document trains nothing.
+* ``keyword_window`` (``--keyword-window N``, with the mask): in an augmented document only the N
+  tokens after the sentence (and the text before it) are held; the rest is left out like the
+  sentence (:func:`rmu.data.tokenize`).
+* ``keyword_forget_focus`` (``--keyword-forget-focus``): the forget loss counts each forget sentence
+  from its first keyword on (:func:`forget_focus_spans`: the words before it, or a keyword-free
+  sentence, are left out; a document without any keyword is kept whole). The template phrases the
+  forget and retain corpora share ("A dictionary describes the ...") are then pulled by the retain
+  loss only, not both ways.
+* ``keyword_retain_weight`` (``--keyword-retain-weight W``, with the mask): an augmented document's
+  positions count W times a plain document's in the retain loss's mean (``TokenBatch.row_weights``).
 """
 
 from __future__ import annotations

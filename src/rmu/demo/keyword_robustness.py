@@ -67,6 +67,8 @@ VARIANTS = {
     "adaptive+kr-mask-bi-f-rw0.3": {"method": "adaptive", "keyword_robust": True,
                                     "keyword_positions": ("before", "inside"), "keyword_forget_focus": True,
                                     "keyword_retain_weight": 0.3},
+    "adaptive+kr-mask-bi-f0.25": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
+                                  "keyword_forget_focus": True, "keyword_fraction": 0.25},
     "adaptive+kr-mask-bi-w8": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
                                "keyword_window": 8},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
