@@ -234,7 +234,8 @@ def augment_with_spans(documents: Sequence[str], keywords: Sequence[str], seed: 
 def forget_focus_spans(document: str, keywords: set[str]) -> list[Span]:
     """The characters of a forget ``document`` that ``--keyword-forget-focus`` leaves out of the forget loss.
 
-    In each sentence, the text before its first keyword (``keywords``: lower-cased words), or the whole
+    In each sentence, the text before its first keyword (``keywords``: lower-cased words, matched as
+    whole words as :func:`words` splits them, so a keyword of several words never matches), or the whole
     sentence when it names none; nothing when the document names no keyword at all (it is steered whole,
     so a batch never loses every position). A span ends before the whitespace ahead of the keyword, so
     a token that carries that space with the keyword ("Ġheron") stays in the loss.
