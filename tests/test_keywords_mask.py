@@ -103,7 +103,7 @@ def test_a_slow_tokenizer_is_refused(tokenizer):
     class Slow:
         is_fast = False
 
-    with pytest.raises(DataError, match="--keyword-mask needs a fast tokenizer"):
+    with pytest.raises(DataError, match="--keyword-mask and --keyword-forget-focus need a fast tokenizer"):
         tokenize(Slow(), ["a"], 8, [None])
 
 

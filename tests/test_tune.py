@@ -272,6 +272,23 @@ def test_a_study_started_before_inputs_counted_by_content_continues(workspace, t
     assert changed.exit_code != 0 and "batch_size" in changed.output
 
 
+def test_a_study_begun_before_the_real_steps_lr_continues_only_with_the_one_step_rule(workspace, tmp_path):
+    """Its trials' lrs came from the one-step rule: continuing it under --auto-lr steps (the default
+    now) would draw new trials from other lrs, so that is refused, and --auto-lr sign-step continues it."""
+    import optuna
+
+    out = tmp_path / "study"
+    assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "1")).exit_code == 0
+    study = optuna.load_study(study_name="rmu-tune", storage=f"sqlite:///{out / 'study.db'}")
+    saved = study.user_attrs["fingerprint"]
+    assert saved["base"]["auto_lr"] == "steps"  # recorded although not given
+    study.set_user_attr("fingerprint", {**saved, "base": {k: v for k, v in saved["base"].items() if k != "auto_lr"}})
+    refused = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2"))
+    assert refused.exit_code != 0 and "auto_lr" in refused.output
+    result = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "2", "--auto-lr", "sign-step"))
+    assert result.exit_code == 0, result.output
+
+
 def test_a_study_begun_before_a_new_option_continues_while_that_option_is_set_as_before(workspace, tmp_path):
     """An option added since a study began (here --loss-dims), set as rmu behaved before it, is the same study."""
     import optuna

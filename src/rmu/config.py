@@ -138,6 +138,11 @@ class UnlearnConfig(BaseModel):
     keywords: str | None = None  # keyword file, one a line (default: found from the forget and retain corpora)
     keyword_fraction: float = 0.5  # share of retain documents that get a keyword sentence
     keyword_mask: bool = True  # the retain loss leaves out the inserted sentence's own tokens (no: holds them too)
+    # Where the sentences go and how much text after one the retain loss holds (#12, animals; rmu.keywords).
+    keyword_positions: list[Literal["before", "after", "inside"]] = ["before", "after", "inside"]
+    keyword_window: int | None = None  # with --keyword-mask: hold only this many tokens after the sentence
+    keyword_forget_focus: bool = False  # the forget loss counts each sentence from its first keyword on only
+    keyword_retain_weight: float = 1.0  # with --keyword-mask: an augmented document's positions count this much
 
     @field_validator("forget", mode="before")
     @classmethod
@@ -146,7 +151,7 @@ class UnlearnConfig(BaseModel):
             return parse_topic_sources([value] if isinstance(value, str) else list(value))
         return value
 
-    @field_validator("retain", "params", mode="before")
+    @field_validator("retain", "params", "keyword_positions", mode="before")
     @classmethod
     def _string_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -227,11 +232,21 @@ class UnlearnConfig(BaseModel):
 
         if self.keywords is not None and not self.keyword_robust:
             raise ValueError("--keywords is used by --keyword-robust; add --keyword-robust or drop --keywords")
-        if self.keyword_robust and self.keyword_mask and self.slow_tokenizer:
+        if self.keyword_robust and (self.keyword_mask or self.keyword_forget_focus) and self.slow_tokenizer:
             raise ValueError("--keyword-robust finds its inserted sentences' tokens with a fast tokenizer (offset "
-                             "mapping); drop --slow-tokenizer, or add --no-keyword-mask")
+                             "mapping); drop --slow-tokenizer, or add --no-keyword-mask (and drop "
+                             "--keyword-forget-focus)")
         if not 0 < self.keyword_fraction <= 1:
             raise ValueError(f"--keyword-fraction {self.keyword_fraction} must lie in (0, 1]")
+        if not self.keyword_positions or len(set(self.keyword_positions)) != len(self.keyword_positions):
+            raise ValueError(f"--keyword-positions {','.join(self.keyword_positions)}: give each of before, after, "
+                             "inside at most once, at least one of them")
+        if not 0 < self.keyword_retain_weight <= 1 or (self.keyword_retain_weight != 1 and not self.keyword_mask):
+            raise ValueError(f"--keyword-retain-weight {self.keyword_retain_weight}: a weight in (0, 1], with "
+                             "--keyword-mask")
+        if self.keyword_window is not None and (self.keyword_window < 1 or not self.keyword_mask):
+            raise ValueError(f"--keyword-window {self.keyword_window}: a number of tokens >= 1, with --keyword-mask "
+                             "(the window starts where the masked sentence ends)")
         if self.fsdp and (self.save_every or self.resume):
             raise ValueError("--save-every and --resume are not supported with --fsdp yet")
         return self

@@ -198,14 +198,19 @@ class TokenBatch:
     # (batch, tokens), True on tokens the losses leave out (the sentences --keyword-robust inserts,
     # see tokenize); None: none left out
     excluded: torch.Tensor | None = None
+    # (batch,), how much each row's positions count in the loss's mean (--keyword-retain-weight: the
+    # augmented retain documents'); None: 1 for every row
+    row_weights: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TokenBatch":
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                          None if self.excluded is None else self.excluded.to(device))
+                          None if self.excluded is None else self.excluded.to(device),
+                          None if self.row_weights is None else self.row_weights.to(device))
 
     def rows(self, rows: slice) -> "TokenBatch":
         return TokenBatch(self.input_ids[rows], self.attention_mask[rows],
-                          None if self.excluded is None else self.excluded[rows])
+                          None if self.excluded is None else self.excluded[rows],
+                          None if self.row_weights is None else self.row_weights[rows])
 
 
 def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
@@ -223,29 +228,41 @@ def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
     return tokenizer
 
 
+Span = tuple[int, int]
+
+
 def tokenize(tokenizer, texts: list[str], max_len: int,
-             excluded_spans: list[tuple[int, int] | None] | None = None) -> TokenBatch:
+             excluded_spans: list[Span | list[Span] | None] | None = None, window: int | None = None) -> TokenBatch:
     """``texts`` as one padded, truncated batch.
 
-    ``excluded_spans``: per text, characters [start, end) whose tokens the losses leave out (or None).
+    ``excluded_spans``: per text, characters [start, end) whose tokens the losses leave out (or None, or
+    a list of such spans).
     A token is left out when its characters overlap the span (a token straddling its edge too); the
     tokenizer's offset mapping says which characters each token covers, so this holds for either
     padding side and after truncation (a span cut off leaves out only the tokens kept). Pads and
     special tokens cover no character and are never marked. Needs a fast tokenizer.
+
+    ``window`` (``--keyword-window``): in a row with a span, the real tokens more than ``window`` tokens
+    after the span's last token are left out too, so only the text right after the sentence (and the
+    text before it) counts.
     """
     if excluded_spans is None:
         encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
         return TokenBatch(encoded["input_ids"], encoded["attention_mask"])
     if not getattr(tokenizer, "is_fast", False):
-        raise DataError("--keyword-mask needs a fast tokenizer (its offset mapping says which tokens are the "
-                        "inserted sentence's); use one, or add --no-keyword-mask")
+        raise DataError("--keyword-mask and --keyword-forget-focus need a fast tokenizer (its offset mapping says "
+                        "which tokens to leave out); use one, or add --no-keyword-mask")
     encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_len,
                         return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]  # (batch, tokens, 2); (0, 0) for pads and special tokens
     real = encoded["attention_mask"].bool()
     excluded = torch.zeros(offsets.shape[:2], dtype=torch.bool)
-    for row, span in enumerate(excluded_spans):
-        if span is not None:
-            start, end = span
-            excluded[row] = (offsets[row, :, 0] < end) & (offsets[row, :, 1] > start) & real[row]
+    for row, spans in enumerate(excluded_spans):
+        if not spans:
+            continue
+        for start, end in ([spans] if isinstance(spans[0], int) else spans):
+            excluded[row] |= (offsets[row, :, 0] < end) & (offsets[row, :, 1] > start) & real[row]
+        if window is not None and excluded[row].any():
+            last = int(excluded[row].nonzero().max())
+            excluded[row, last + 1 + window:] |= real[row, last + 1 + window:]
     return TokenBatch(encoded["input_ids"], encoded["attention_mask"], excluded)

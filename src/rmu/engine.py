@@ -111,6 +111,8 @@ class _Corpora:
     keywords: dict | None = None  # what --keyword-robust inserted into the retain documents
     # --keyword-mask: per retain document (batched as retain) the inserted sentence's characters, or None
     retain_inserted: list[list[list[tuple[int, int] | None]]] | None = None
+    # --keyword-forget-focus: per forget document (batched as forget) the characters the forget loss leaves out
+    forget_excluded: list[list[list[list[tuple[int, int]]]]] | None = None
 
     def available_steps(self) -> int:
         # As WMDP's script: the shortest list of batches bounds the run (the Adaptive script would crash).
@@ -508,8 +510,12 @@ def _tokenize_needed(corpora: _Corpora, tokenizer, config: UnlearnConfig, steps:
         for b in used:
             if b not in cache:
                 spans = corpora.retain_inserted[t][b] if corpora.retain_inserted else None
-                cache[b] = tokenize(tokenizer, retain_list[b], config.retain_max_len, spans)
-            pairs.append((tokenize(tokenizer, corpora.forget[t][b], config.max_len[t]), cache[b]))
+                cache[b] = tokenize(tokenizer, retain_list[b], config.retain_max_len, spans, config.keyword_window)
+                if spans is not None and config.keyword_retain_weight != 1:  # the augmented rows count less
+                    cache[b].row_weights = torch.tensor([1.0 if s is None else config.keyword_retain_weight
+                                                         for s in spans])
+            forget_spans = corpora.forget_excluded[t][b] if corpora.forget_excluded else None
+            pairs.append((tokenize(tokenizer, corpora.forget[t][b], config.max_len[t], forget_spans), cache[b]))
         batches.append(pairs)
     return batches
 

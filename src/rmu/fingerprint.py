@@ -24,7 +24,12 @@ RESUME_FREE = {"resume", "overwrite", "save_every", "device", "gradient_checkpoi
 # Options naming input files: compared by content (inputs), not by their spelling.
 PATH_OPTIONS = {"model", "forget", "retain", "control_vectors", "output"}
 # Options added after run states were first saved: the value of each that behaves as rmu did before it.
-OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False, "auto_lr": "sign-step"}
+OLDER_BEHAVIOUR = {"loss_dims": "all", "keyword_mask": False, "auto_lr": "sign-step",
+                   "keyword_positions": ["before", "after", "inside"], "keyword_window": None,
+                   "keyword_forget_focus": False, "keyword_retain_weight": 1.0}
+# Options that act on --keyword-robust's sentences only: no part of a run without them.
+KEYWORD_ONLY = ("keyword_mask", "keyword_positions", "keyword_window", "keyword_forget_focus",
+                "keyword_retain_weight")
 _WHOLE_FILE_LIMIT = 16 * 2**20
 _EDGE = 2**20
 
@@ -32,8 +37,9 @@ _EDGE = 2**20
 def run_fingerprint(config) -> dict:
     options = {k: v for k, v in config.model_dump().items() if k not in RESUME_FREE | PATH_OPTIONS}
     options["topics"] = config.topics
-    if not config.keyword_robust:  # --keyword-mask acts on --keyword-robust's sentences only
-        options.pop("keyword_mask", None)
+    if not config.keyword_robust:
+        for key in KEYWORD_ONLY:
+            options.pop(key, None)
     if "lr" not in config.auto:  # --auto-lr chooses how --auto lr calibrates; nothing without it
         options.pop("auto_lr", None)
     inputs = {f"model {config.model}": model_identity(config.model)}

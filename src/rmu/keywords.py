@@ -47,6 +47,24 @@ while the keyword sentence itself may be steered like forget text. A sentence af
 is then left out whole and changes nothing (causal attention). The spans come from the same draws,
 so ranks and resumed runs agree. Measured in ``docs/robustness.md``: on both topics, over several
 seeds, it forgets more than ``--no-keyword-mask`` with a keyword drop as low.
+
+**Four more settings** (issue #12's animals topic, where the option costs forgetting; measured in
+``docs/robustness.md``, "Giving back the animals topic's forgetting"):
+
+* ``keyword_positions`` (``--keyword-positions``, default all of :data:`POSITIONS`): the places a
+  sentence may go, drawn uniformly among those given (with all three the draws are the ones
+  before the setting existed). ``before,inside`` keeps the sentence ahead of document text: under
+  the mask a sentence after the document trains nothing.
+* ``keyword_window`` (``--keyword-window N``, with the mask): in an augmented document only the N
+  tokens after the sentence (and the text before it) are held; the rest is left out like the
+  sentence (:func:`rmu.data.tokenize`).
+* ``keyword_forget_focus`` (``--keyword-forget-focus``): the forget loss counts each forget sentence
+  from its first keyword on (:func:`forget_focus_spans`: the words before it, or a keyword-free
+  sentence, are left out; a document without any keyword is kept whole). The template phrases the
+  forget and retain corpora share ("A dictionary describes the ...") are then pulled by the retain
+  loss only, not both ways.
+* ``keyword_retain_weight`` (``--keyword-retain-weight W``, with the mask): an augmented document's
+  positions count W times a plain document's in the retain loss's mean (``TokenBatch.row_weights``).
 """
 
 from __future__ import annotations
@@ -186,13 +204,14 @@ Span = tuple[int, int]  # characters [start, end) of an inserted sentence
 
 
 def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
-                      templates: Sequence[str] = TRAINING_TEMPLATES) -> list[str]:
+                      templates: Sequence[str] = TRAINING_TEMPLATES, positions: Sequence[str] = POSITIONS) -> list[str]:
     """``documents`` with a share ``fraction`` of them carrying one keyword sentence from ``templates``."""
-    return [text for text, _ in augment_with_spans(documents, keywords, seed, fraction, templates)]
+    return [text for text, _ in augment_with_spans(documents, keywords, seed, fraction, templates, positions)]
 
 
 def augment_with_spans(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
-                       templates: Sequence[str] = TRAINING_TEMPLATES) -> list[tuple[str, Span | None]]:
+                       templates: Sequence[str] = TRAINING_TEMPLATES,
+                       positions: Sequence[str] = POSITIONS) -> list[tuple[str, Span | None]]:
     """:func:`augment_documents`, each document with the span of its inserted sentence (None: unchanged)."""
     if not keywords:
         raise KeywordError("no keyword to insert: give --keywords FILE or relax the extraction rule")
@@ -202,13 +221,37 @@ def augment_with_spans(documents: Sequence[str], keywords: Sequence[str], seed: 
         # Draw every choice for every document, so one document's draw never shifts the others'.
         chosen = rng.random() < fraction
         sentence = fill_template(rng.choice(templates), keywords, rng)
-        position, where = rng.choice(POSITIONS), rng.random()
+        # positions == POSITIONS draws as before the setting existed
+        position, where = rng.choice(tuple(positions)), rng.random()
         if chosen:
             text, start = insert_sentence_at(document, sentence, position, where)
             augmented.append((text, (start, start + len(sentence))))
         else:
             augmented.append((document, None))
     return augmented
+
+
+def forget_focus_spans(document: str, keywords: set[str]) -> list[Span]:
+    """The characters of a forget ``document`` that ``--keyword-forget-focus`` leaves out of the forget loss.
+
+    In each sentence, the text before its first keyword (``keywords``: lower-cased words, matched as
+    whole words as :func:`words` splits them, so a keyword of several words never matches), or the whole
+    sentence when it names none; nothing when the document names no keyword at all (it is steered whole,
+    so a batch never loses every position). A span ends before the whitespace ahead of the keyword, so
+    a token that carries that space with the keyword ("Ġheron") stays in the loss.
+    """
+    boundaries = list(_SENTENCE_END.finditer(document))
+    starts = [0, *(m.end() for m in boundaries)]
+    ends = [*(m.start() for m in boundaries), len(document)]
+    spans, named = [], False
+    for start, end in zip(starts, ends):
+        first = next((m.start() for m in _WORD.finditer(document, start, end) if m.group().lower() in keywords), None)
+        if first is not None:
+            named = True
+        cut = end if first is None else start + len(document[start:first].rstrip())
+        if cut > start:
+            spans.append((start, cut))
+    return spans if named else []
 
 
 # ---- the engine's hook ------------------------------------------------------------------------
@@ -249,15 +292,22 @@ def augment_corpora(config, corpora):
     for index, (key, documents) in enumerate(retain_documents.items()):
         # TRAINING_TEMPLATES read at call time: rmu.demo.keyword_robustness swaps it to measure candidates
         pairs = augment_with_spans(documents, chosen, f"{config.seed}:{index}", config.keyword_fraction,
-                                   TRAINING_TEMPLATES)
+                                   TRAINING_TEMPLATES, config.keyword_positions)
         augmented[key] = consecutive_batches([text for text, _ in pairs], config.batch_size)
         inserted[key] = consecutive_batches([span for _, span in pairs], config.batch_size)
+    forget_excluded = None
+    if config.keyword_forget_focus:
+        lowered = {k.lower() for k in chosen}
+        forget_excluded = [[[forget_focus_spans(d, lowered) for d in batch] for batch in batches]
+                           for batches in corpora.forget]
     summary = {"source": source, "rule": asdict(KeywordRule()) if source == "found" else None,
                "fraction": config.keyword_fraction, "templates": list(TRAINING_TEMPLATES),
-               "mask_inserted": config.keyword_mask, "keywords": chosen, "per_topic": per_topic}
+               "mask_inserted": config.keyword_mask, "positions": list(config.keyword_positions),
+               "window": config.keyword_window, "forget_focus": config.keyword_forget_focus,
+               "retain_weight": config.keyword_retain_weight, "keywords": chosen, "per_topic": per_topic}
     return replace(corpora, retain=[augmented[id(batches)] for batches in corpora.retain], keywords=summary,
                    retain_inserted=[inserted[id(batches)] for batches in corpora.retain] if config.keyword_mask
-                   else None)
+                   else None, forget_excluded=forget_excluded)
 
 
 def save_keywords(folder: Path | None, summary: dict | None) -> None:

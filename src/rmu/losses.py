@@ -36,9 +36,10 @@ def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
     ``mask_padding`` drops pads; ``mask_first_token`` drops each row's first real token, the
     attention sink, whose hidden state in models with massive activations (SmolLM2 from layer 11,
     Llama, Mistral) is 100x larger than the others' and would otherwise dominate every MSE.
-    A batch's ``excluded`` tokens (``--keyword-mask``: the inserted keyword sentences) are dropped too.
+    A batch's ``excluded`` tokens (``--keyword-mask``: the inserted keyword sentences) are dropped too,
+    and with ``row_weights`` (``--keyword-retain-weight``) the mask is a float weight per position.
     """
-    if not (config.mask_padding or config.mask_first_token) and batch.excluded is None:
+    if not (config.mask_padding or config.mask_first_token) and batch.excluded is None and batch.row_weights is None:
         return None
     attention = batch.attention_mask
     mask = attention.clone() if config.mask_padding else torch.ones_like(attention)
@@ -47,6 +48,8 @@ def loss_mask(batch: TokenBatch, config: UnlearnConfig) -> torch.Tensor | None:
         mask[torch.arange(mask.shape[0], device=mask.device), first_real] = 0
     if batch.excluded is not None:
         mask = mask.masked_fill(batch.excluded.to(mask.device), 0)
+    if batch.row_weights is not None:  # a weighted mean: these rows' positions count w times
+        mask = mask * batch.row_weights.to(mask.device, torch.float32)[:, None]
     return mask
 
 

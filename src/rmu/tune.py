@@ -383,8 +383,12 @@ def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
     """What a study's trials depend on. Input files count by content (``rmu.fingerprint``), not by
     spelling, so a study continues from another working folder or after its inputs were moved."""
     options = {k: v for k, v in base.items() if k not in _INPUT_OPTIONS}
+    # the ranges follow the rule's lr, which --auto-lr decides (given or not): a study continued under
+    # another mode would draw its new trials from other lrs
+    options.setdefault("auto_lr", UnlearnConfig.model_fields["auto_lr"].default)
     if not base.get("keyword_robust") and settings.keyword_weight == 0:  # no trial inserts keyword sentences
-        options.pop("keyword_mask", None)
+        for key in fingerprint.KEYWORD_ONLY:
+            options.pop(key, None)
     return json.loads(json.dumps({"base": options, "inputs": _input_identities(base),
                                   "settings": _study_settings(settings), "tasks": tasks}, default=str))
 

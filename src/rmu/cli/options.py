@@ -114,13 +114,25 @@ UNLEARN_OPTIONS: dict[str, tuple[tuple, dict]] = {
         help="--keyword-robust: leave the inserted keyword sentence's own tokens out of the retain loss, so only "
         "the document's text around it is held (default on; needs a fast tokenizer; --no-keyword-mask holds "
         "every token, as before 2026-11-30)."),
+    "keyword_positions": _option("--keyword-positions", metavar="LIST",
+        help="--keyword-robust: where a sentence may go, comma-separated of before, after, inside (default all "
+        "three; a sentence after the document trains nothing under --keyword-mask)."),
+    "keyword_window": _option("--keyword-window", type=click.IntRange(min=1), metavar="TOKENS",
+        help="--keyword-robust with --keyword-mask: hold only this many tokens after the inserted sentence "
+        "(default: the whole rest of the document)."),
+    "keyword_forget_focus": _option("--keyword-forget-focus/--no-keyword-forget-focus", default=None,
+        help="--keyword-robust: the forget loss counts each forget sentence from its first keyword on only (the "
+        "words before it, shared with the retain text, are left out; default off)."),
+    "keyword_retain_weight": _option("--keyword-retain-weight", type=float, metavar="W",
+        help="--keyword-robust with --keyword-mask: an augmented retain document's positions count W times a "
+        "plain one's in the retain loss's mean (0 < W <= 1; default 1)."),
     "quiet": _option("--quiet", is_flag=True, help="No progress bar."),
 }
 
 # The options of every run of a sweep or a study (the rest each sets itself: method, layer, output, ...).
 SWEEP_RUN_OPTIONS = ("config_file", "model", "forget", "retain", "steering_coeff", "beta", "adaptive_rule", "alpha",
                      "lr", "steps", "batch_size", "max_len", "retain_max_len", "min_len", "seed", "params",
-                     "mask_padding", "mask_first_token", "loss_dims", "dtype", "device")
+                     "mask_padding", "mask_first_token", "loss_dims", "auto_lr", "dtype", "device")
 # How they read there: the model is loaded once, whole, and evaluated (no hub id, no "auto" dtype).
 MANY_RUNS = {
     "config_file": dict(help="YAML file of unlearning options (as for rmu unlearn); flags override it."),
