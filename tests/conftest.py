@@ -82,6 +82,14 @@ def unlearn_options(workspace: Path, **extra) -> dict:
     return values | extra
 
 
+def tiny_elements_options(corpora: Path, **extra) -> dict:
+    """Settings for a short run of the in-memory tiny model (``tiny_model("llama", seed=0)``) on an
+    elements workspace without a model folder (``write_workspace(..., "elements", layers=None)``)."""
+    return dict(model="unused", forget={"f": str(corpora / "forget.jsonl")}, retain=[str(corpora / "retain.txt")],
+                layer=2, steps=8, batch_size=2, lr=5e-3, alpha=10.0, min_len=0, max_len=32, retain_max_len=32,
+                device="cpu", steering_coeff=5.0, seed=1) | extra
+
+
 class StopRun(Exception):
     """Raised by a step callback to interrupt a run, as a kill after its last save would."""
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_workspace
+from conftest import tiny_elements_options, write_workspace
 from rmu import scale
 from rmu.cli.unlearn import command as unlearn_command
 from rmu.config import make_config
@@ -21,10 +21,7 @@ def corpora(tmp_path_factory):
     return write_workspace(tmp_path_factory.mktemp("health"), "elements", layers=None, lines=16)
 
 
-def options(corpora, **extra):
-    return dict(model="unused", forget={"f": str(corpora / "forget.jsonl")}, retain=[str(corpora / "retain.txt")],
-                layer=2, steps=8, batch_size=2, lr=5e-3, alpha=10.0, min_len=0, max_len=32, retain_max_len=32,
-                device="cpu", steering_coeff=5.0, seed=1) | extra
+options = tiny_elements_options
 
 
 def run(tiny, corpora, **extra):
