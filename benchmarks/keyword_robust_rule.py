@@ -9,7 +9,10 @@ Variants: rmu-rule, rmu-rule+kr, adaptive-rule, adaptive-rule+kr, rmu-rule-alpha
 lr and c, the demo's alpha 300), rmu-rule+kr-mask, rmu-rule-alpha300+kr-mask ("+kr": --keyword-robust
 --no-keyword-mask, as first measured; "+kr-mask": with --keyword-mask, today's default) (default:
 rmu-rule, rmu-rule+kr), adaptive-rule+kr-mask, adaptive-inf-lr3x(+kr-mask) (``--loss-dims
-informative --mask-first-token`` at lr 2.6e-4, for Gemma). ``--model gemma3-270m``: Gemma 3 270M instead of
+informative --mask-first-token`` at lr 2.6e-4, for Gemma), adaptive-inf-tuned(+kr-mask) (the best
+settings of ``rmu tune --loss-dims informative`` on Gemma 3 270M / elements, docs/tuning.md),
+adaptive-inf-tuned-alpha2x+kr-mask (the same with twice its alpha),
+adaptive-inf-tuned+kr-mask-fraction0.25 (a quarter of the retain documents augmented). ``--model gemma3-270m``: Gemma 3 270M instead of
 SmolLM2 (prepared by ``rmu.demo.model.gemma3_270m_path``). Each writes ``OUTPUT/<variant>.json`` as the demo driver does, plus ``OUTPUT/<variant>.calibration.json``
 (the rule's measurements and chosen lr, alpha and coefficient).
 """
@@ -25,6 +28,8 @@ import rmu.demo.keyword_robustness as driver
 RULE = {"auto": ["lr", "alpha", "coeff"]}
 INFORMATIVE = {"method": "adaptive", "auto": ["alpha", "coeff"], "lr": 2.6e-4, "loss_dims": "informative",
                "mask_first_token": True}
+TUNED_GEMMA_ELEMENTS = {"method": "adaptive", "layer": 7, "steps": 64, "lr": 7.53e-4, "alpha": [76.3], "beta": 3.513,
+                        "noise": 1.79, "loss_dims": "informative", "mask_first_token": True}
 VARIANTS = {
     "rmu-rule": {"method": "rmu"} | RULE,
     "rmu-rule+kr": {"method": "rmu"} | driver.KR | RULE,
@@ -41,6 +46,15 @@ VARIANTS = {
     # Gemma 3 270M: losses without the massive dimensions at 3x the rule's lr there (docs/tuning.md)
     "adaptive-inf-lr3x": INFORMATIVE,
     "adaptive-inf-lr3x+kr-mask": INFORMATIVE | {"keyword_robust": True, "keyword_mask": True},
+    # Gemma 3 270M: the best of `rmu tune --loss-dims informative` on elements (docs/tuning.md)
+    "adaptive-inf-tuned": TUNED_GEMMA_ELEMENTS,
+    "adaptive-inf-tuned+kr-mask": TUNED_GEMMA_ELEMENTS | {"keyword_robust": True, "keyword_mask": True},
+    # ... with twice its alpha: does a stronger retain pull give back the retain accuracy the option cost?
+    "adaptive-inf-tuned-alpha2x+kr-mask": TUNED_GEMMA_ELEMENTS | {"alpha": [152.6], "keyword_robust": True,
+                                                                  "keyword_mask": True},
+    # ... with a quarter of the retain documents augmented (half by default): more plain retain text held
+    "adaptive-inf-tuned+kr-mask-fraction0.25": TUNED_GEMMA_ELEMENTS | {"keyword_robust": True, "keyword_mask": True,
+                                                                       "keyword_fraction": 0.25},
 }
 MODELS = ("smollm2", "gemma3-270m")
 
@@ -51,12 +65,18 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["rmu-rule", "rmu-rule+kr"],
                         help=f"some of {', '.join(VARIANTS)}")
     parser.add_argument("--model", choices=MODELS, default="smollm2")
+    parser.add_argument("--auto-lr", choices=("steps", "sign-step"), default=None,
+                        help="the scale rule's lr for the variants that calibrate it (default: rmu's, steps); "
+                             "sign-step reproduces the rows measured before the real-steps probe")
+    parser.add_argument("--seed", type=int, default=None, help="the unlearning seed (default: the demo's)")
     arguments = parser.parse_args()
     unknown = [n for n in arguments.variants if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     output, names, model = arguments.output, arguments.variants, arguments.model
-    driver.VARIANTS.update(VARIANTS)
+    chosen = {name: options | ({"auto_lr": arguments.auto_lr} if arguments.auto_lr and "lr" in options.get("auto", [])
+                               else {}) for name, options in VARIANTS.items()}
+    driver.VARIANTS.update(chosen)
     real_unlearn, current = driver.unlearn, {}
 
     def unlearn_and_record(config, **kwargs):  # the driver keeps no calibration; write it beside its json
@@ -73,7 +93,7 @@ def main() -> None:
         model_dir = gemma3_270m_path()
     for name in names:
         current["name"] = name
-        driver.run(output, [name], model_dir=model_dir)
+        driver.run(output, [name], model_dir=model_dir, seed=arguments.seed)
 
 
 if __name__ == "__main__":
