@@ -203,14 +203,15 @@ class TokenBatch:
     row_weights: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TokenBatch":
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                          None if self.excluded is None else self.excluded.to(device),
-                          None if self.row_weights is None else self.row_weights.to(device))
+        return self._map(lambda tensor: tensor.to(device))
 
     def rows(self, rows: slice) -> "TokenBatch":
-        return TokenBatch(self.input_ids[rows], self.attention_mask[rows],
-                          None if self.excluded is None else self.excluded[rows],
-                          None if self.row_weights is None else self.row_weights[rows])
+        return self._map(lambda tensor: tensor[rows])
+
+    def _map(self, apply) -> "TokenBatch":
+        """The batch with ``apply`` done to each of its tensors (the optional ones kept None)."""
+        return TokenBatch(*(None if tensor is None else apply(tensor) for tensor in
+                            (self.input_ids, self.attention_mask, self.excluded, self.row_weights)))
 
 
 def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
@@ -228,7 +229,7 @@ def prepare_tokenizer(tokenizer, force_eos_pad: bool = False):
     return tokenizer
 
 
-Span = tuple[int, int]
+Span = tuple[int, int]  # characters [start, end) of a text (an inserted sentence, a left-out stretch)
 
 
 def tokenize(tokenizer, texts: list[str], max_len: int,

@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -57,7 +58,7 @@ from rmu.progress import bar as tqdm, write as progress_write
 
 from rmu import distributed, divergence, health, keywords, rules, run_folder, scale
 from rmu.config import UnlearnConfig, resolve_device  # noqa: F401  (also rmu.engine's name)
-from rmu.data import (TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
+from rmu.data import (Span, TokenBatch, consecutive_batches, prepare_tokenizer, read_corpus, read_corpus_as_published,
                       tokenize)
 from rmu.errors import RmuError
 from rmu.losses import loss_mask, masked_mse  # noqa: F401  (also rmu.engine's public names)
@@ -110,9 +111,9 @@ class _Corpora:
     retain: list[list[list[str]]]  # topic -> batches -> documents (shared lists when one corpus)
     keywords: dict | None = None  # what --keyword-robust inserted into the retain documents
     # --keyword-mask: per retain document (batched as retain) the inserted sentence's characters, or None
-    retain_inserted: list[list[list[tuple[int, int] | None]]] | None = None
+    retain_inserted: list[list[list[Span | None]]] | None = None
     # --keyword-forget-focus: per forget document (batched as forget) the characters the forget loss leaves out
-    forget_excluded: list[list[list[list[tuple[int, int]]]]] | None = None
+    forget_excluded: list[list[list[list[Span]]]] | None = None
 
     def available_steps(self) -> int:
         # As WMDP's script: the shortest list of batches bounds the run (the Adaptive script would crash).
@@ -240,18 +241,26 @@ def unlearn(config: UnlearnConfig, *, model: nn.Module | None = None, tokenizer=
 def _unlearn(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distributed.Ranks, model: nn.Module | None,
              tokenizer, callbacks: tuple[Callback, ...], progress: bool, started: float) -> UnlearnResult:
     """Prepare (load, tokenize, control vectors, coefficients), loop over the steps, finish (health, save)."""
+    loaded_from_source = model is None
+    with _prepared(config, plan, ranks, model, tokenizer) as run:
+        _loop(run, plan, callbacks, progress)
+    return _finish(run, plan, loaded_from_source, progress, started)
+
+
+@contextmanager
+def _prepared(config: UnlearnConfig, plan: run_folder.OutputPlan, ranks: distributed.Ranks, model: nn.Module | None,
+              tokenizer):
+    """The prepared run (model loaded, batches tokenized, calibration done), with only its trained
+    tensors requiring gradients while the block runs: what a run and :func:`calibrate` both start from."""
     _check_launch(config, ranks, model)
     corpora = _read_corpora(config)
-    loaded_from_source = model is None
     model, tokenizer, frozen_copy = _model_and_tokenizer(config, ranks, model, tokenizer)
     structure = find_structure(model)
     check_layer(config.layer, structure.num_layers, option="--layer", error=UnlearnError)
     trained = select_parameters(model, structure, config.update_layers, config.params)
     original = {name: p.detach().clone() for name, p in trained.items()}
     with trainable_only(model, trained):
-        run = _prepare(config, plan, ranks, model, tokenizer, structure, original, frozen_copy, corpora)
-        _loop(run, plan, callbacks, progress)
-    return _finish(run, plan, loaded_from_source, progress, started)
+        yield _prepare(config, plan, ranks, model, tokenizer, structure, original, frozen_copy, corpora)
 
 
 def calibrate(config: UnlearnConfig, *, model: nn.Module, tokenizer) -> dict:
@@ -261,15 +270,9 @@ def calibrate(config: UnlearnConfig, *, model: nn.Module, tokenizer) -> dict:
     if not config.auto:
         raise UnlearnError("calibrate needs settings to calibrate: set auto (e.g. auto=['lr', 'alpha', 'coeff'])")
     config = config.model_copy(update={"output": None, "resume": False, "save_every": 0})
-    with distributed.session(config.device) as ranks, run_folder.OutputPlan.claim(config, ranks.is_main) as plan:
-        _check_launch(config, ranks, model)
-        corpora = _read_corpora(config)
-        model, tokenizer, frozen_copy = _model_and_tokenizer(config, ranks, model, tokenizer)
-        structure = find_structure(model)
-        trained = select_parameters(model, structure, config.update_layers, config.params)
-        original = {name: p.detach().clone() for name, p in trained.items()}
-        with trainable_only(model, trained):
-            return _prepare(config, plan, ranks, model, tokenizer, structure, original, frozen_copy, corpora).calibration
+    with distributed.session(config.device) as ranks, run_folder.OutputPlan.claim(config, ranks.is_main) as plan, \
+            _prepared(config, plan, ranks, model, tokenizer) as run:
+        return run.calibration
 
 
 def _check_launch(config: UnlearnConfig, ranks: distributed.Ranks, model: nn.Module | None) -> None:
@@ -607,7 +610,7 @@ def _step(context: _StepContext, step: int, forget: TokenBatch, retain: TokenBat
             )
     forget_share = ranks.share(forget_rows, forget_mask)
     retain_share = ranks.share(retain_rows, retain_mask)
-    forget, retain = _rows(forget, forget_share.rows), _rows(retain, retain_share.rows)
+    forget, retain = forget.rows(forget_share.rows), retain.rows(retain_share.rows)
     forget_mask = None if forget_mask is None else forget_mask[forget_share.rows]
     retain_mask = None if retain_mask is None else retain_mask[retain_share.rows]
     frozen_forget = runner.frozen(forget)
@@ -704,10 +707,6 @@ def _verbose_metrics(updated_forget, frozen_forget, updated_retain, frozen_retai
         "verbose_updated_retain_norm": retain_mean(norm(updated_retain)),
         "verbose_frozen_retain_norm": retain_mean(norm(frozen_retain)),
     }
-
-
-def _rows(batch: TokenBatch, rows: slice) -> TokenBatch:
-    return batch.rows(rows)
 
 
 def _check_finite(loss: torch.Tensor, which: str, step: int, topic: str) -> None:

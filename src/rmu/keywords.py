@@ -76,9 +76,12 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from rmu.errors import RmuError
+
+if TYPE_CHECKING:  # annotations only: rmu.data imports torch
+    from rmu.data import Span
 
 KEYWORDS_FILE = "keywords.json"
 POSITIONS = ("before", "after", "inside")
@@ -198,9 +201,6 @@ def insert_sentence_at(text: str, sentence: str, position: str, where: float = 0
     cut = 1 + min(int(where * (len(parts) - 1)), len(parts) - 2)
     head = " ".join(parts[:cut])
     return " ".join([head, sentence, *parts[cut:]]), len(head) + 1
-
-
-Span = tuple[int, int]  # characters [start, end) of an inserted sentence
 
 
 def augment_documents(documents: Sequence[str], keywords: Sequence[str], seed: int | str, fraction: float = 0.5,
