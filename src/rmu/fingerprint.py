@@ -42,15 +42,26 @@ def run_fingerprint(config) -> dict:
             options.pop(key, None)
     if "lr" not in config.auto:  # --auto-lr chooses how --auto lr calibrates; nothing without it
         options.pop("auto_lr", None)
+    roles = input_roles(config.model, config.forget, config.retain, config.control_vectors)
     inputs = {f"model {config.model}": model_identity(config.model)}
-    for topic, source in config.forget.items():
-        inputs[f"forget corpus '{topic}' ({source})"] = source_identity(source)
-    for index, source in enumerate(config.retain):
-        label = "retain corpus" if len(config.retain) == 1 else f"retain corpus {index + 1}"
-        inputs[f"{label} ({source})"] = source_identity(source)
-    if config.control_vectors:
-        inputs[f"control vectors ({config.control_vectors})"] = source_identity(config.control_vectors)
+    inputs.update({f"{role} ({source})": source_identity(source) for role, source in roles.items() if role != "model"})
     return {"options": options, "inputs": inputs}
+
+
+def input_roles(model: str, forget: dict[str, str], retain, control_vectors: str | None = None,
+                number_every_retain: bool = False) -> dict[str, str]:
+    """Each input file of a run by its role ("model", "forget corpus 'x'", "retain corpus 2", ...).
+
+    One retain corpus is "retain corpus" unless ``number_every_retain`` (as ``rmu tune`` studies record it).
+    """
+    roles = {"model": model}
+    roles.update({f"forget corpus '{topic}'": source for topic, source in forget.items()})
+    retain = list(retain or ())
+    for index, source in enumerate(retain):
+        roles["retain corpus" if len(retain) == 1 and not number_every_retain else f"retain corpus {index + 1}"] = source
+    if control_vectors:
+        roles["control vectors"] = control_vectors
+    return roles
 
 
 def differences(saved: dict | None, current: dict) -> list[str]:

@@ -405,15 +405,12 @@ _INPUT_OPTIONS = fingerprint.PATH_OPTIONS | {"keywords"}
 
 
 def _input_identities(base: dict) -> dict:
-    inputs = {"model": fingerprint.model_identity(base["model"])}
-    for topic, source in (base.get("forget") or {}).items():
-        inputs[f"forget corpus '{topic}'"] = fingerprint.source_identity(source)
-    for index, source in enumerate(base.get("retain") or ()):
-        inputs[f"retain corpus {index + 1}"] = fingerprint.source_identity(source)
-    for key in ("control_vectors", "keywords"):
-        if base.get(key):
-            inputs[key.replace("_", " ")] = fingerprint.source_identity(base[key])
-    return inputs
+    roles = fingerprint.input_roles(base["model"], base.get("forget") or {}, base.get("retain"),
+                                    base.get("control_vectors"), number_every_retain=True)
+    if base.get("keywords"):
+        roles["keywords"] = base["keywords"]
+    return {role: (fingerprint.model_identity if role == "model" else fingerprint.source_identity)(source)
+            for role, source in roles.items()}
 
 
 def _legacy_fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:

@@ -35,6 +35,9 @@ from rmu.tasks import load_task_file
 # "+kr": --keyword-robust as first measured, every token held (--no-keyword-mask; the default until
 # 2026-11-30); "+kr-mask": the inserted sentence's tokens left out of the retain loss (today's default).
 KR = {"keyword_robust": True, "keyword_mask": False}
+ROBUST = {"method": "adaptive", "keyword_robust": True}  # Adaptive RMU with today's --keyword-robust (the mask)
+BEFORE_INSIDE = {"keyword_positions": ("before", "inside")}
+FOCUS = {"keyword_forget_focus": True}
 VARIANTS = {
     "base": None,
     "rmu": {"method": "rmu"},
@@ -47,30 +50,22 @@ VARIANTS = {
     "adaptive+kr-neutral1.0": {"method": "adaptive", "keyword_fraction": 1.0, "templates": "neutral"} | KR,
     "rmu+kr0.25": {"method": "rmu", "keyword_fraction": 0.25} | KR,
     # --keyword-mask: the retain loss leaves out the inserted sentence's own tokens (issue #12, animals)
-    "adaptive+kr-mask": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True},
-    "adaptive+kr-mask-neutral": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
-                                 "templates": "neutral"},
-    "adaptive+kr-mask0.25": {"method": "adaptive", "keyword_robust": True, "keyword_mask": True,
-                             "keyword_fraction": 0.25},
+    "adaptive+kr-mask": ROBUST | {"keyword_mask": True},
+    "adaptive+kr-mask-neutral": ROBUST | {"keyword_mask": True, "templates": "neutral"},
+    "adaptive+kr-mask0.25": ROBUST | {"keyword_mask": True, "keyword_fraction": 0.25},
     "rmu+kr-mask": {"method": "rmu", "keyword_robust": True, "keyword_mask": True},
     # the animals topic's forgetting (issue #12, kwpos): sentences before/inside only, a window after them
-    "adaptive+kr-mask-bi": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside")},
-    "adaptive+kr-mask-w8": {"method": "adaptive", "keyword_robust": True, "keyword_window": 8},
-    "adaptive+kr-mask-b": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before",)},
-    "adaptive+kr-mask-i": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("inside",)},
-    "adaptive+kr-mask-f": {"method": "adaptive", "keyword_robust": True, "keyword_forget_focus": True},
-    "adaptive+kr-mask-bi-f": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
-                              "keyword_forget_focus": True},
-    "adaptive+kr-mask-i-f": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("inside",),
-                             "keyword_forget_focus": True},
-    "adaptive+kr-mask-rw0.3": {"method": "adaptive", "keyword_robust": True, "keyword_retain_weight": 0.3},
-    "adaptive+kr-mask-bi-f-rw0.3": {"method": "adaptive", "keyword_robust": True,
-                                    "keyword_positions": ("before", "inside"), "keyword_forget_focus": True,
-                                    "keyword_retain_weight": 0.3},
-    "adaptive+kr-mask-bi-f0.25": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
-                                  "keyword_forget_focus": True, "keyword_fraction": 0.25},
-    "adaptive+kr-mask-bi-w8": {"method": "adaptive", "keyword_robust": True, "keyword_positions": ("before", "inside"),
-                               "keyword_window": 8},
+    "adaptive+kr-mask-bi": ROBUST | BEFORE_INSIDE,
+    "adaptive+kr-mask-w8": ROBUST | {"keyword_window": 8},
+    "adaptive+kr-mask-b": ROBUST | {"keyword_positions": ("before",)},
+    "adaptive+kr-mask-i": ROBUST | {"keyword_positions": ("inside",)},
+    "adaptive+kr-mask-f": ROBUST | FOCUS,
+    "adaptive+kr-mask-bi-f": ROBUST | BEFORE_INSIDE | FOCUS,
+    "adaptive+kr-mask-i-f": ROBUST | {"keyword_positions": ("inside",)} | FOCUS,
+    "adaptive+kr-mask-rw0.3": ROBUST | {"keyword_retain_weight": 0.3},
+    "adaptive+kr-mask-bi-f-rw0.3": ROBUST | BEFORE_INSIDE | FOCUS | {"keyword_retain_weight": 0.3},
+    "adaptive+kr-mask-bi-f0.25": ROBUST | BEFORE_INSIDE | FOCUS | {"keyword_fraction": 0.25},
+    "adaptive+kr-mask-bi-w8": ROBUST | BEFORE_INSIDE | {"keyword_window": 8},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample"} | KR,
 }
@@ -101,7 +96,8 @@ def measure(model, tokenizer, tasks: dict, keyword_sets: dict, scoring: str, eva
 def run(output: str | Path, names: list[str] | None = None, model_dir: str | Path | None = None,
         steps: int | None = None, limit: int | None = None, unseen: bool = False, progress: bool = True,
         data: str | Path | None = None, attack_keywords: str | Path | None = None,
-        topic_template: str | None = None, train_keywords: str | Path | None = None, seed: int | None = None) -> dict:
+        topic_template: str | None = None, train_keywords: str | Path | None = None, seed: int | None = None,
+        lr: float | None = None) -> dict:
     """Unlearn and measure each variant of ``names`` (default all); ``steps``, ``limit``: shorter runs (tests).
 
     ``unseen``: measure the keyword drop a second time with element names the corpora never mention.
@@ -110,9 +106,11 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
     and ``topic_template`` (the topic's own sentence, in place of "{keyword} is a chemical element.").
     ``train_keywords``: a keyword file for the ``--keyword-robust`` variants instead of the extraction.
     ``seed``: the unlearning seed (control vector, augmentation draws) instead of the demo's.
+    ``lr``: every variant's learning rate instead of the demo's (a larger budget than the demo's one pass).
     """
     torch.set_num_threads(1)
-    settings = dataclasses.replace(DEMO, steps=steps or DEMO.steps, seed=DEMO.seed if seed is None else seed)
+    settings = dataclasses.replace(DEMO, steps=steps or DEMO.steps, seed=DEMO.seed if seed is None else seed,
+                                   lr=lr or DEMO.lr)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     folder = Path(model_dir) if model_dir else smollm2_path(progress=progress)
@@ -163,7 +161,8 @@ def run(output: str | Path, names: list[str] | None = None, model_dir: str | Pat
         print(f"[{name}] forget {entry['forget']:.3f} retain {entry['retain']:.3f} "
               f"keyword drop {entry['keywords_taught']['drop']:.3f} ({entry['seconds']:.0f} s)", flush=True)
     (output / "settings.json").write_text(json.dumps(
-        {"demo": dataclasses.asdict(DEMO), "steps": settings.steps, "seed": settings.seed, "limit": limit,
+        {"demo": dataclasses.asdict(DEMO), "steps": settings.steps, "seed": settings.seed, "lr": settings.lr,
+         "limit": limit,
          "eval_variants": eval_variants,
          "data": str(data) if data else None,
          "model": str(folder)},
@@ -201,13 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topic-template", help="with --data: the topic's own keyword sentence")
     parser.add_argument("--train-keywords", help="--keyword-robust variants: this keyword file, not the extraction")
     parser.add_argument("--seed", type=int, help=f"unlearning seed (default the demo's, {DEMO.seed})")
+    parser.add_argument("--lr", type=float, help=f"every variant's learning rate (default the demo's, {DEMO.lr})")
     arguments = parser.parse_args(argv)
     unknown = [v for v in arguments.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     run(arguments.output, arguments.variants or None, arguments.model_dir, arguments.steps, unseen=arguments.unseen,
         data=arguments.data, attack_keywords=arguments.attack_keywords, topic_template=arguments.topic_template,
-        train_keywords=arguments.train_keywords, seed=arguments.seed)
+        train_keywords=arguments.train_keywords, seed=arguments.seed, lr=arguments.lr)
 
 
 if __name__ == "__main__":
