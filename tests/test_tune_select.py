@@ -20,9 +20,10 @@ BASE = {"forget_accuracy": 0.8, "retain_accuracy": 0.9}
 # Forget accuracy on the tuning half by (the study's n-th distinct setting, seed); retain stays at base.
 # The study's own seed (42) ranks setting 1 first (|0.26 - 0.25| = 0.01); on the mean of seeds 42 and
 # 43 setting 0 is better (0.05 against 0.18).
-TUNING = {0: {42: 0.30, 43: 0.30, 44: 0.30}, 1: {42: 0.26, 43: 0.60, 44: 0.60}, 2: {42: 0.50, 43: 0.50, 44: 0.50}}
+TUNING = {0: {42: 0.30, 43: 0.30, 44: 0.30}, 1: {42: 0.26, 43: 0.60, 44: 0.60}, 2: {42: 0.50, 43: 0.50, 44: 0.50},
+          3: {42: 0.25, 43: 0.25, 44: 0.25}}  # setting 3: a later trial that beats them all
 # The held-out half says the opposite: a choice that read it would keep setting 1.
-HELD_OUT = {0: 0.90, 1: 0.25, 2: 0.90}
+HELD_OUT = {0: 0.90, 1: 0.25, 2: 0.90, 3: 0.90}
 
 
 @pytest.fixture
@@ -58,12 +59,12 @@ def scripted(monkeypatch):
     return state
 
 
-def run_study(workspace, output, **settings):
+def run_study(workspace, output, general_text=None, **settings):
     return tune({"model": str(workspace / "model"), "forget": {"f": str(workspace / "forget.jsonl")},
                  "retain": [str(workspace / "retain.txt")], "layer": 2, "steps": 4, "batch_size": 2, "min_len": 0,
                  "max_len": 32, "retain_max_len": 32, "device": "cpu"}, output,
                 forget_tasks=[workspace / "forget_q.jsonl"], retain_tasks=[workspace / "retain_q.jsonl"],
-                settings=TuneSettings(**{"trials": 3, "scoring": "completion", "layers": (2,), "prune": False,
+                general_text=general_text, settings=TuneSettings(**{"trials": 3, "scoring": "completion", "layers": (2,), "prune": False,
                                          **settings}), progress=False)
 
 
@@ -112,6 +113,16 @@ def test_reruns_are_kept_in_the_study_and_only_new_seeds_run(workspace, scripted
     more = run_study(workspace, tmp_path / "s", seeds=3, select_top=2)
     assert more["selection"]["runs"] == {"run": 2, "study": 2, "trial": 2} and scripted["unlearn_calls"] == 7
     assert more["selection"]["chosen"] == 0 and [r["seed"] for r in more["seeds"]["runs"]] == [42, 43, 44]
+    # A new trial that becomes a candidate: only its own (trial, seed) pairs run. (Enqueued with its own
+    # settings: a continued study's seeded sampler may draw an earlier trial's again.)
+    study = optuna.load_study(study_name="rmu-tune", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    study.enqueue_trial({**study.trials[0].params, "lr_factor": 0.5})
+    later = run_study(workspace, tmp_path / "s", trials=4, seeds=3, select_top=2)
+    assert [c["trial"] for c in later["selection"]["candidates"]] == [3, 1] and later["selection"]["chosen"] == 3
+    assert later["selection"]["runs"] == {"run": 2, "study": 2, "trial": 2} and scripted["unlearn_calls"] == 7 + 1 + 2
+    # Scores that another general text would change are not reused.
+    other = run_study(workspace, tmp_path / "s", general_text=["Some other text."], trials=4, seeds=3, select_top=2)
+    assert other["selection"]["runs"] == {"run": 4, "study": 0, "trial": 2}
 
 
 def test_a_study_made_without_select_top_continues_with_it_and_no_new_trial(workspace, scripted, tmp_path):
