@@ -687,8 +687,8 @@ def _spread(values: list[float]) -> dict:
 
 # ---- choosing settings that hold across seeds (--select-top, issue #11) ------------------------------
 #
-# The single-seed best is often a lucky draw (Gemma 3 270M / elements: met the target on seed 42,
-# held-out forget 0.34 / 0.56 / 0.42 on three seeds). With select_top N > 1 the N best trials each run
+# The single-seed best is often a lucky draw (docs/tuning.md, "Choosing settings that hold across
+# seeds"). With select_top N > 1 the N best trials each run
 # on the ``seeds`` seeds, are scored on the questions the study optimised (the tuning half with
 # ``holdout``), and the one whose scores hold across the seeds is kept. The held-out half is scored
 # for the record only: it is attached to the candidates after the choice.
