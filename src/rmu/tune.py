@@ -43,7 +43,10 @@ another database: a rerun continues it, and several processes or machines pointi
 work on one study (Optuna's distributed mode; ``trials`` is the study's total, enforced by
 ``MaxTrialsCallback``). Outputs: ``trials.json``, ``best.yaml`` (runs as is with ``rmu unlearn
 --config``), ``pareto.png``, ``summary.json`` (base, best, the best settings rerun on ``seeds``
-seeds: mean and std, on the tuning questions and on the held-out half with ``holdout``).
+seeds: mean and std, on the tuning questions and on the held-out half with ``holdout``). With
+``select_top`` N > 1 the N best trials each run on the ``seeds`` seeds and the best one is the one
+whose tuning scores hold across them (summary.json ``selection``; see "choosing settings that hold
+across seeds" below); those reruns are kept in the study, so a second call does not repeat them.
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ class TuneSettings:
     # sentences with {keyword} the keyword objective puts before each retain question; default: the three
     # held-out templates of rmu attack keywords, which do not name the topic
     keyword_templates: tuple[str, ...] | None = None
+    # --select-top (issue #11): > 1 reruns the N best trials on the --seeds seeds and keeps the one whose
+    # tuning-half scores hold across them (not part of the study: the trials do not depend on it)
+    select_top: int = 1
 
 
 # ---- questions -------------------------------------------------------------------------------------
@@ -395,7 +401,8 @@ def _fingerprint(base: dict, settings: TuneSettings, tasks: dict) -> dict:
 
 def _study_settings(settings: TuneSettings) -> dict:
     """The tune settings a study's trials depend on (not how many, how long, or where stored)."""
-    keep = {k: v for k, v in asdict(settings).items() if k not in ("trials", "timeout", "seeds", "storage", "prune")}
+    keep = {k: v for k, v in asdict(settings).items()
+            if k not in ("trials", "timeout", "seeds", "select_top", "storage", "prune")}
     if settings.keyword_templates is None:  # studies begun before --keyword-template existed continue
         keep.pop("keyword_templates")
     return keep
@@ -450,6 +457,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         raise TuneError(f"unknown method(s) {bad}; use {', '.join(METHODS)}")
     if settings.trials < 1 or settings.seeds < 1:
         raise TuneError("--trials and --seeds must be at least 1")
+    check_select_top(settings)
     check_keyword_templates(settings)
     make_config(values)  # a bad base configuration fails here, before the model is loaded
     output = Path(output)
@@ -599,7 +607,12 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
         "max_retain_drop": settings.max_retain_drop, "max_perplexity_rise": settings.max_perplexity_rise,
         "holdout": settings.holdout,
     }
-    if best is not None:
+    if best is not None and settings.select_top > 1:
+        best, summary["seeds"], summary["selection"] = _select_across_seeds(study, tuner, held_out, settings)
+        summary["best"] = _trial_record(best)
+        _write_best_yaml(tuner.output / BEST_FILE, make_config(tuner.trial_values(best.params)), best, feasible,
+                         summary["selection"])
+    elif best is not None:
         values = tuner.trial_values(best.params)
         config = make_config(values)
         _write_best_yaml(tuner.output / BEST_FILE, config, best, feasible)
@@ -616,10 +629,14 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
     return summary
 
 
-def _write_best_yaml(path: Path, config: UnlearnConfig, trial, feasible: bool) -> None:
+def _write_best_yaml(path: Path, config: UnlearnConfig, trial, feasible: bool, selection: dict | None = None) -> None:
     values = {k: v for k, v in config.model_dump().items() if k not in ("output", "overwrite", "resume", "auto")}
     note = "" if feasible else " NO TRIAL MET THE CONSTRAINT: these are the least violating settings.\n#"
-    header = (f"# rmu tune: trial {trial.number}, objective {trial.value:.4f}.{note}\n"
+    chosen = "" if selection is None else (
+        f"# Chosen among the {len(selection['candidates'])} best trials rerun on {len(selection['seeds'])} seeds "
+        f"({', '.join(map(str, selection['seeds']))}), tuning half: {selection['rule']}; mean objective "
+        f"{_candidate(selection, trial.number)['objective']['mean']:.4f} (summary.json, selection).\n")
+    header = (f"# rmu tune: trial {trial.number}, objective {trial.value:.4f}.{note}\n{chosen}"
               "# Run it with: rmu unlearn --config best.yaml --output OUT\n")
     path.write_text(header + yaml.safe_dump(values, sort_keys=False))
 
@@ -627,11 +644,7 @@ def _write_best_yaml(path: Path, config: UnlearnConfig, trial, feasible: bool) -
 def _rerun_seeds(tuner: _Tuner, values: dict, held_out, seeds: int) -> dict:
     """The best settings on ``seeds`` seeds (seed, seed+1, ...): scores, and their mean and std."""
     first = int(values.get("seed", 42))
-    holdout_scorer = None
-    if held_out is not None:
-        holdout_scorer = _Scorer(tuner.model, tuner.tokenizer, held_out[0], held_out[1], None, tuner.settings,
-                                 tuner.scorer.keywords)
-        tuner.baseline_holdout = holdout_scorer(with_perplexity=False)
+    holdout_scorer = _holdout_scorer(tuner, held_out)
     runs = []
     for seed in range(first, first + seeds):
         try:
@@ -649,10 +662,204 @@ def _rerun_seeds(tuner: _Tuner, values: dict, held_out, seeds: int) -> dict:
     return out
 
 
+def _holdout_scorer(tuner: _Tuner, held_out) -> _Scorer | None:
+    """The scorer of the held-out half (None without ``holdout``); scores the model as it is now, the
+    original one, into ``tuner.baseline_holdout``."""
+    if held_out is None:
+        return None
+    scorer = _Scorer(tuner.model, tuner.tokenizer, held_out[0], held_out[1], None, tuner.settings,
+                     tuner.scorer.keywords)
+    tuner.baseline_holdout = scorer(with_perplexity=False)
+    return scorer
+
+
 def _mean_std(runs: list[dict]) -> dict:
     keys = [k for k in _SCORES if all(k in r for r in runs)]
-    return {k: {"mean": statistics.fmean(r[k] for r in runs),
-                "std": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
+    return {k: _spread([r[k] for r in runs]) for k in keys}
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+# ---- choosing settings that hold across seeds (--select-top, issue #11) ------------------------------
+#
+# The single-seed best is often a lucky draw (docs/tuning.md, "Choosing settings that hold across
+# seeds"). With select_top N > 1 the N best trials each run
+# on the ``seeds`` seeds, are scored on the questions the study optimised (the tuning half with
+# ``holdout``), and the one whose scores hold across the seeds is kept. The held-out half is scored
+# for the record only: it is attached to the candidates after the choice.
+
+# How the choice was made, the first rule that has a candidate (summary.json, selection.rule).
+RULE_EVERY_SEED = "feasible on every seed: the lowest mean objective"
+RULE_ON_MEAN = "none feasible on every seed; feasible on the mean of the seeds: the lowest mean objective"
+RULE_LEAST_VIOLATING = "none feasible on the mean of the seeds: the least violating mean"
+HOLDOUT_NOT_USED = "holdout_not_used_for_choice"  # a candidate's held-out scores, reported only
+
+
+def check_select_top(settings: TuneSettings) -> None:
+    if settings.select_top < 1:
+        raise TuneError("--select-top must be at least 1 (1: keep the best trial of the study's own seed)")
+    if settings.select_top > 1 and settings.seeds < 2:
+        raise TuneError(f"--select-top {settings.select_top} compares trials across seeds: add --seeds K with "
+                        "K >= 2 (each candidate then runs K times), or drop --select-top")
+
+
+def _feasible(constraints: Sequence[float]) -> bool:
+    return all(c <= 0 for c in constraints)
+
+
+def _violation(constraints: Sequence[float]) -> float:
+    return sum(max(c, 0.0) for c in constraints)
+
+
+def _top_trials(study, count: int) -> list:
+    """The ``count`` best complete trials: the feasible ones by objective (fewer when fewer are
+    feasible); when none is, the least violating, as the single best is chosen."""
+    import optuna
+
+    complete = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if "scores" in t.user_attrs]
+    feasible = sorted((t for t in complete if _feasible(t.user_attrs["constraints"])), key=lambda t: (t.value, t.number))
+    if feasible:
+        return feasible[:count]
+    return sorted(complete, key=lambda t: (_violation(t.user_attrs["constraints"]), t.value, t.number))[:count]
+
+
+def _rerun_attr(trial: int, seed: int) -> str:
+    return f"rerun {trial} seed {seed}"
+
+
+def _rerun_key(values: dict, tuner: _Tuner) -> str:
+    """What a rerun's scores depend on besides its trial and seed: the run's options (the input files
+    are not named: the study's fingerprint, which a continued study matches, has their contents) and
+    how the run is scored."""
+    import hashlib
+
+    settings, general = tuner.settings, tuner.scorer.general_text
+    key = {"run": {k: v for k, v in values.items() if k not in _INPUT_OPTIONS | {"seed"}},
+           "scoring": {k: getattr(settings, k) for k in ("scoring", "limit", "eval_batch_size", "holdout",
+                                                          "keyword_weight", "keyword_templates")},
+           "keywords": tuner.scorer.keywords,
+           "general_text": hashlib.sha256("\n".join(general).encode()).hexdigest() if general else None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _seed_scores(study, tuner: _Tuner, candidates: list, seeds: list[int], held_out) -> dict:
+    """Each candidate's scores on each seed, by (trial number, seed), with where they came from:
+
+    * ``study``: run by an earlier ``rmu tune`` of this study with the same options (study user attrs);
+    * ``trial``: without ``holdout``, the first seed is the trial's own run (runs are deterministic);
+      with it, the first seed runs again, as the held-out half needs the model unlearned;
+    * ``run``: run now (one ``rmu.engine.unlearn`` each), then stored in the study.
+    """
+    holdout_scorer = _holdout_scorer(tuner, held_out)
+    found, planned = {}, []
+    for trial in candidates:
+        values = tuner.trial_values(trial.params)
+        key = _rerun_key(values, tuner)
+        for seed in seeds:
+            stored = study.user_attrs.get(_rerun_attr(trial.number, seed))
+            if stored and stored.get("key") == key:
+                found[trial.number, seed] = dict(stored, source="study")
+            elif seed == seeds[0] and held_out is None:
+                found[trial.number, seed] = {"scores": trial.user_attrs["scores"], "source": "trial"}
+            else:
+                planned.append((trial.number, seed, values, key))
+    bar = tqdm(total=len(planned), desc="seeds", unit="run", disable=not tuner.progress or not planned)
+    # each run's health verdict would bury the bar (the trials' verdicts are in trials.json)
+    health_logger = logging.getLogger("rmu.health")
+    level = health_logger.level
+    health_logger.setLevel(logging.ERROR)
+    try:
+        for number, seed, values, key in planned:
+            bar.set_postfix(trial=number, seed=seed)
+            found[number, seed] = dict(_rerun(tuner, values, seed, key, holdout_scorer), source="run")
+            study.set_user_attr(_rerun_attr(number, seed), {k: v for k, v in found[number, seed].items()
+                                                            if k != "source"})
+            bar.update(1)
+    finally:
+        health_logger.setLevel(level)
+        bar.close()
+    return found
+
+
+def _rerun(tuner: _Tuner, values: dict, seed: int, key: str, holdout_scorer: _Scorer | None) -> dict:
+    """One candidate on one seed: unlearned in memory, scored, the weights put back."""
+    try:
+        unlearn(make_config(dict(values, seed=seed)), model=tuner.model, tokenizer=tuner.tokenizer, progress=False)
+        record = {"key": key, "scores": tuner.scorer()}
+        if holdout_scorer is not None:
+            record["holdout"] = holdout_scorer(with_perplexity=False)
+    finally:
+        tuner.restore()
+    return record
+
+
+def _candidate(selection: dict, number: int) -> dict:
+    return next(c for c in selection["candidates"] if c["trial"] == number)
+
+
+def _candidate_record(trial, seeds: list[int], found: dict, tuner: _Tuner) -> dict:
+    """A candidate's tuning-half scores per seed, their objective and constraints, and the means."""
+    settings, base, chance = tuner.settings, tuner.baseline, tuner.scorer.chance
+    runs = []
+    for seed in seeds:
+        scores = found[trial.number, seed]["scores"]
+        constraints = constraint_values(scores, base, settings)
+        runs.append({"seed": seed, **scores, "objective": objective_value(scores, base, chance, settings.keyword_weight),
+                     "constraints": constraints, "feasible": _feasible(constraints),
+                     "source": found[trial.number, seed]["source"]})
+    means = {k: block["mean"] for k, block in _mean_std(runs).items()}
+    mean_constraints = constraint_values(means, base, settings)
+    return {"trial": trial.number, "settings": trial.user_attrs.get("settings"), "study_objective": trial.value,
+            "runs": runs, **_mean_std(runs), "objective": _spread([r["objective"] for r in runs]),
+            "feasible_every_seed": all(r["feasible"] for r in runs), "constraints_on_mean": mean_constraints,
+            "feasible_on_mean": _feasible(mean_constraints)}
+
+
+def _choose(candidates: list[dict]) -> tuple[dict, str]:
+    """The candidate that holds across seeds, and the rule that chose it. It is given the tuning-half
+    records only (the held-out scores are attached after the choice)."""
+    def mean_objective(c):
+        return c["objective"]["mean"], c["trial"]
+
+    every = [c for c in candidates if c["feasible_every_seed"]]
+    if every:
+        return min(every, key=mean_objective), RULE_EVERY_SEED
+    on_mean = [c for c in candidates if c["feasible_on_mean"]]
+    if on_mean:
+        return min(on_mean, key=mean_objective), RULE_ON_MEAN
+    return min(candidates, key=lambda c: (_violation(c["constraints_on_mean"]), *mean_objective(c))), \
+        RULE_LEAST_VIOLATING
+
+
+def _select_across_seeds(study, tuner: _Tuner, held_out, settings: TuneSettings) -> tuple[Any, dict, dict]:
+    """The trial chosen among the ``select_top`` best on ``seeds`` seeds; its reruns in the format of
+    :func:`_rerun_seeds` (summary.json "seeds"); and the selection record (summary.json "selection")."""
+    candidates = _top_trials(study, settings.select_top)
+    first = int(tuner.trial_values(candidates[0].params).get("seed", 42))
+    seeds = list(range(first, first + settings.seeds))  # as _rerun_seeds
+    found = _seed_scores(study, tuner, candidates, seeds, held_out)
+    records = [_candidate_record(t, seeds, found, tuner) for t in candidates]
+    chosen, rule = _choose(records)
+    if held_out is not None:
+        for record in records:
+            holdout = [{"seed": seed, **found[record["trial"], seed]["holdout"]} for seed in seeds]
+            record[HOLDOUT_NOT_USED] = {"runs": holdout, **_mean_std(holdout)}
+    best = next(t for t in candidates if t.number == chosen["trial"])
+    runs = [{"seed": seed, **found[best.number, seed]["scores"],
+             **({"holdout": found[best.number, seed]["holdout"]} if held_out is not None else {})} for seed in seeds]
+    reruns: dict[str, Any] = {"runs": runs, **_mean_std(runs)}
+    if held_out is not None:
+        reruns["holdout_baseline"] = tuner.baseline_holdout
+        reruns["holdout"] = _mean_std([r["holdout"] for r in runs])
+    sources = [r["source"] for c in records for r in c["runs"]]
+    selection = {"top": settings.select_top, "seeds": seeds, "rule": rule, "chosen": best.number,
+                 "single_seed_best": candidates[0].number,
+                 "scored_on": "the tuning half" if held_out is not None else "the tuning questions",
+                 "runs": {source: sources.count(source) for source in ("run", "study", "trial")},
+                 "candidates": records}
+    return best, reruns, selection
 
 
 def plot_pareto(trials: list[dict], baseline: dict, chance: float, max_retain_drop: float, best: int | None):
@@ -718,6 +925,8 @@ class TuneStudy(Experiment):
         best = data.get("best")
         if best is not None:
             label = "best" if data.get("feasible") else "least violating (no trial met the constraint)"
+            if data.get("selection"):
+                label = f"chosen on {len(data['selection']['seeds'])} seeds (--select-top)"
             rows = [[label, best["number"], *_settings_cells(best.get("settings") or {}),
                      *_score_cells(best.get("scores") or {})]]
             seeds = data.get("seeds") or {}
@@ -729,6 +938,8 @@ class TuneStudy(Experiment):
             tables.append(Table(["", "trial", *_SETTING_COLUMNS, "retain acc, keyword", "forget acc", "retain acc",
                                  "perplexity"], rows,
                                 "Best settings"))
+        if data.get("selection"):
+            tables.append(_selection_table(data["selection"]))
         return tables
 
     def notes(self, data: dict) -> list[str]:
@@ -757,6 +968,8 @@ class TuneStudy(Experiment):
                 lines.append(f"{label} on {runs} seed(s): forget {block['forget_accuracy']['mean']:.3f} "
                              f"+- {block['forget_accuracy']['std']:.3f}, retain {block['retain_accuracy']['mean']:.3f} "
                              f"+- {block['retain_accuracy']['std']:.3f}")
+        if data.get("selection"):
+            lines += _selection_lines(data["selection"])
         return lines
 
 
@@ -777,3 +990,39 @@ def _settings_cells(settings: dict) -> list:
 
 def _score_cells(scores: dict) -> list:
     return [scores.get(k) for k in _SCORES]
+
+
+def _per_seed(runs: list[dict], key: str, digits: int = 2) -> str:
+    return " / ".join(f"{r[key]:.{digits}f}" for r in runs)
+
+
+def _selection_table(selection: dict) -> Table:
+    """--select-top: each candidate's tuning-half scores per seed; held-out ones marked as not used."""
+    rows = []
+    for c in selection["candidates"]:
+        holdout = c.get(HOLDOUT_NOT_USED)
+        rows.append([c["trial"], "chosen" if c["trial"] == selection["chosen"] else None,
+                     f"{c['objective']['mean']:.4f} +- {c['objective']['std']:.4f}",
+                     _per_seed(c["runs"], "forget_accuracy"), _per_seed(c["runs"], "retain_accuracy", 3),
+                     "yes" if c["feasible_every_seed"] else "no", "yes" if c["feasible_on_mean"] else "no",
+                     holdout and _per_seed(holdout["runs"], "forget_accuracy"),
+                     holdout and _per_seed(holdout["runs"], "retain_accuracy", 3)])
+    seeds = ", ".join(map(str, selection["seeds"]))
+    return Table(["trial", "", "objective mean +- std", "forget", "retain", "every seed", "on the mean",
+                  "held-out forget (not used)", "held-out retain (not used)"], rows,
+                 f"Candidates on seeds {seeds} (--select-top {selection['top']}): accuracies per seed and feasible "
+                 f"on every seed / on the mean, chosen by {selection['scored_on']}: {selection['rule']}")
+
+
+def _selection_lines(selection: dict) -> list[str]:
+    table = _selection_table(selection)
+    lines = [f"chosen: trial {selection['chosen']} among {len(selection['candidates'])} trials on seeds "
+             f"{', '.join(map(str, selection['seeds']))} ({selection['rule']}; the single-seed best was trial "
+             f"{selection['single_seed_best']}); per seed, scored on {selection['scored_on']}:"]
+    columns = [i for i, name in enumerate(table.header) if any(row[i] is not None for row in table.rows)]
+    cells = [[table.header[i] for i in columns]] + [["" if row[i] is None else str(row[i]) for i in columns]
+                                                   for row in table.rows]
+    widths = [max(len(row[j]) for row in cells) for j in range(len(columns))]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    runs = selection["runs"]
+    return lines + [f"  runs: {runs['run']} now, {runs['study']} reused from the study, {runs['trial']} the trials' own"]

@@ -40,6 +40,10 @@ _AS_A_STUDY = {
 @click.option("--study-name", default="rmu-tune", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rerun the best settings on this many seeds; mean and std in summary.json.")
+# --select-top (issue #11)
+@click.option("--select-top", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --seeds K >= 2: rerun the N best trials on the K seeds and keep the one whose "
+                   "tuning-half scores hold across them (N x K runs, kept in the study for the next call).")
 @click.option("--holdout", is_flag=True,
               help="Tune on a seeded random half of each question file; report the other half.")
 @click.option("--layers", "layers_text", help="Candidate steered layers (3,6,9 or 3-9); default l-2, l, l+2.")
@@ -62,8 +66,8 @@ _AS_A_STUDY = {
               help="Folder of the study: study.db, trials.json, best.yaml, pareto.png, summary.json.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(config_file, forget, retain, forget_tasks, retain_tasks, general_text, trials, timeout, max_retain_drop,
-            max_perplexity_rise, storage, study_name, seeds, holdout, layers_text, methods, no_pruning, keyword_weight,
-            keywords_file, keyword_templates, scoring, limit,
+            max_perplexity_rise, storage, study_name, seeds, select_top, holdout, layers_text, methods, no_pruning,
+            keyword_weight, keywords_file, keyword_templates, scoring, limit,
             eval_batch_size, output, quiet, layer, method, **flags):
     """Search unlearning settings that forget the topic and keep the rest (Optuna, resumable)."""
     from rmu.tune import TuneSettings, TuneStudy, tune
@@ -78,7 +82,8 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), scoring=scoring, limit=limit,
         eval_batch_size=eval_batch_size, holdout=holdout, storage=storage, study_name=study_name,
         prune=not no_pruning, keyword_weight=keyword_weight, keywords=keywords_file,
-        keyword_templates=tuple(keyword_templates) or None)
+        keyword_templates=tuple(keyword_templates) or None,
+        select_top=select_top)
     summary = tune(base, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, general_text=general_text,
                    settings=settings, progress=not quiet)
     for line in TuneStudy().summary(summary):
