@@ -91,6 +91,8 @@ def test_a_rerun_continues_the_study_and_other_settings_are_refused(workspace, t
     assert result.exit_code == 0, result.output
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    # The continuing process draws its own settings: with the study's seed it repeated trial 1's.
+    assert trials[2]["params"] != trials[1]["params"]
     # The same total again runs nothing new.
     assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "4")).exit_code == 0
     assert len(json.loads((out / "trials.json").read_text())["trials"]) == 4
@@ -117,6 +119,9 @@ def test_two_processes_share_one_sqlite_study(workspace, tmp_path):
     # Every trial was run by one of the two processes (which of them ran how many is up to timing).
     pids = {str(w.pid) for w in workers}
     assert {t["worker"].rsplit(":", 1)[1] for t in finished} <= pids
+    # ... each from its own random stream: no two trials of the study draw the same settings.
+    drawn = [json.dumps(t["params"], sort_keys=True) for t in finished]
+    assert len(set(drawn)) == len(drawn)
 
 
 def test_holdout_reports_the_other_half(workspace, tmp_path):

@@ -52,6 +52,7 @@ across seeds" below); those reruns are kept in the study, so a second call does 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -480,8 +481,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
     with _creation_lock(storage):  # processes starting together must not both create the schema
         study = optuna.create_study(
             study_name=settings.study_name, storage=storage, load_if_exists=True, direction="minimize",
-            # TPE reads the constraint values each trial sets (Trial.set_constraint): feasible when <= 0.
-            sampler=optuna.samplers.TPESampler(seed=values.get("seed", 42), n_startup_trials=5),
+            sampler=_sampler(values.get("seed", 42), joining=False, finished=0),
             pruner=optuna.pruners.NopPruner(),  # trials stop by rmu's own rule, hopeless(), half way
         )
         current = _fingerprint(values, settings, {"forget": [t.name for t in forget],
@@ -502,6 +502,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
                 raise TuneError(f"the study '{settings.study_name}' in {storage} was started with other settings "
                                 f"(differs in: {', '.join(changed) or 'settings or questions'}); use another "
                                 "--output, --storage or --study-name")
+        study.sampler = _sampler(values.get("seed", 42), joining=saved is not None, finished=len(study.trials))
     tuner.baseline = study.user_attrs.get("baseline") or scorer()
     study.set_user_attr("baseline", tuner.baseline)
 
@@ -531,6 +532,21 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
             health_logger.setLevel(level)
     bar.close()
     return _write_outputs(study, tuner, held_out, settings, started)
+
+
+def _sampler(seed: int, joining: bool, finished: int):
+    """TPE, which reads the constraint values each trial sets (Trial.set_constraint; feasible when <= 0).
+
+    The process that starts a study draws from ``seed``, so a study run in one go is reproducible. A
+    process that continues or joins one draws from its own stream (the seed, the trials so far, its
+    host and pid): with the study's seed it would repeat the draws the first process made.
+    """
+    import optuna
+
+    if joining:
+        key = f"{seed}:{finished}:{socket.gethostname()}:{os.getpid()}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
 
 
 def _creation_lock(storage: str):
@@ -733,8 +749,6 @@ def _rerun_key(values: dict, tuner: _Tuner) -> str:
     """What a rerun's scores depend on besides its trial and seed: the run's options (the input files
     are not named: the study's fingerprint, which a continued study matches, has their contents) and
     how the run is scored."""
-    import hashlib
-
     settings, general = tuner.settings, tuner.scorer.general_text
     key = {"run": {k: v for k, v in values.items() if k not in _INPUT_OPTIONS | {"seed"}},
            "scoring": {k: getattr(settings, k) for k in ("scoring", "limit", "eval_batch_size", "holdout",
