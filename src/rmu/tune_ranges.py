@@ -122,5 +122,5 @@ def edge_lines(edges: list[dict]) -> list[str]:
         if e.get("hard_limit"):
             lines.append(f"{line}; no wider range is possible: {e['advice'].removeprefix('none: ')}")
         else:
-            lines.append(f"{line}: a better setting may lie beyond it; widen with {e['advice']}")
+            lines.append(f"{line}: a better setting may lie beyond it; try {e['advice']}")
     return lines
