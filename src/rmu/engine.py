@@ -120,6 +120,11 @@ class _Corpora:
         return min(min(len(b) for b in self.forget), min(len(b) for b in self.retain))
 
 
+def corpus_steps(config: UnlearnConfig) -> int:
+    """The most steps a run of ``config`` takes: one pass over its shortest corpus (``rmu tune`` reports it)."""
+    return _read_corpora(config).available_steps()
+
+
 def _read_corpora(config: UnlearnConfig) -> _Corpora:
     retain_cache: dict[str, list[list[str]]] = {}
     forget, retain = [], []

@@ -30,15 +30,17 @@ steps``, the default, the real-steps probes' lr factor) measures the layer's nor
 alpha, then a trial draws
 
 * method in {rmu, adaptive}, layer among the candidates, steps in [steps/4, steps],
-* ``coeff_ratio`` in [1, 8] (log): c = ratio x the layer's forget norm (RMU) or beta = ratio,
-* ``lr_factor`` in [0.2, 10] (log): lr = factor x the rule's lr for that layer and step count
+* ``coeff_ratio`` in [1, 8] (log; ``coeff_range``): c = ratio x the layer's forget norm (RMU) or beta = ratio,
+* ``lr_factor`` in [0.2, 10] (log; ``lr_range``): lr = factor x the rule's lr for that layer and step count
   (the one-step rule's lr at the trial's steps x the real-steps factor measured at the longest run),
-* ``alpha_factor`` in [0.1, 10] (log): alpha = factor x the rule's alpha,
+* ``alpha_factor`` in [0.1, 10] (log; ``alpha_range``): alpha = factor x the rule's alpha,
 * ``noise_ratio`` in [0, 0.5]: noise = ratio x the retain states' per-coordinate scale
   (retain norm / sqrt(width)).
 
-The first trial is the rule itself (factors 1, ratio 2, the given method/layer/steps), so a study
-starts from the scale rule. The study lives in ``DIR/study.db`` (SQLite) unless ``storage`` names
+The first trial is the rule itself (factors 1, ratio 2, the given method/layer/steps; brought into the
+ranges when they exclude it), so a study starts from the scale rule. When the best trial sits at an
+edge of a range, summary.json's ``range_edges`` says so and names the option that widens it
+(:mod:`rmu.tune_ranges`). The study lives in ``DIR/study.db`` (SQLite) unless ``storage`` names
 another database: a rerun continues it, and several processes or machines pointing at one database
 work on one study (Optuna's distributed mode; ``trials`` is the study's total, enforced by
 ``MaxTrialsCallback``). Outputs: ``trials.json``, ``best.yaml`` (runs as is with ``rmu unlearn
@@ -68,7 +70,7 @@ import torch
 import yaml
 from rmu.progress import bar as tqdm
 
-from rmu import fingerprint, scale
+from rmu import fingerprint, scale, tune_ranges
 from rmu.analysis.common import load_full_model, read_json, write_json
 from rmu.analysis.sweeps import sweep_inputs
 from rmu.config import ConfigError, UnlearnConfig, make_config
@@ -89,6 +91,8 @@ BEST_FILE = "best.yaml"
 SUMMARY_FILE = "summary.json"
 PARETO_FILE = "pareto.png"
 METHODS = ("rmu", "adaptive")
+# The scale rule's own values of the drawn factors: the first trial of a study.
+_RULE_FACTORS = {"coeff_ratio": scale.COEFF_RATIO, "lr_factor": 1.0, "alpha_factor": 1.0}
 # Options of the base configuration that a tune sets itself.
 _TRIAL_OPTIONS = ("output", "resume", "save_every", "overwrite", "auto")
 
@@ -121,6 +125,11 @@ class TuneSettings:
     # --select-top (issue #11): > 1 reruns the N best trials on the --seeds seeds and keeps the one whose
     # tuning-half scores hold across them (not part of the study: the trials do not depend on it)
     select_top: int = 1
+    # search ranges (issue #11, --lr-range/--alpha-range/--coeff-range): factors of the scale rule's values,
+    # drawn on a log scale; the defaults are the ranges of studies begun before they could be set
+    lr_range: tuple[float, float] = tune_ranges.LR_RANGE
+    alpha_range: tuple[float, float] = tune_ranges.ALPHA_RANGE
+    coeff_range: tuple[float, float] = tune_ranges.COEFF_RANGE
 
 
 # ---- questions -------------------------------------------------------------------------------------
@@ -170,6 +179,14 @@ def keyword_tasks(retain: list[Task], keywords: list[str], templates: Sequence[s
 
     return [dataclasses.replace(insert_keywords(task, keywords, template, seed=index), name=f"{task.name}+kw{index}")
             for task in retain for index, template in enumerate(templates or HELD_OUT_TEMPLATES)]
+
+
+def check_ranges(settings: TuneSettings) -> None:
+    """``--lr-range``, ``--alpha-range``, ``--coeff-range``: positive, LOW < HIGH."""
+    for field, option in tune_ranges.RANGES.values():
+        problem = tune_ranges.range_problem(getattr(settings, field), option)
+        if problem:
+            raise TuneError(problem)
 
 
 def check_keyword_templates(settings: TuneSettings) -> None:
@@ -324,21 +341,42 @@ class _Tuner:
             "method": trial.suggest_categorical("method", list(self.settings.methods)),
             "layer": trial.suggest_categorical("layer", list(self.layers)),
             "steps": trial.suggest_int("steps", max(1, self.max_steps // 4), self.max_steps, log=True),
-            "coeff_ratio": trial.suggest_float("coeff_ratio", 1.0, 8.0, log=True),
-            "lr_factor": trial.suggest_float("lr_factor", 0.2, 10.0, log=True),
-            "alpha_factor": trial.suggest_float("alpha_factor", 0.1, 10.0, log=True),
+            "coeff_ratio": trial.suggest_float("coeff_ratio", *self.settings.coeff_range, log=True),
+            "lr_factor": trial.suggest_float("lr_factor", *self.settings.lr_range, log=True),
+            "alpha_factor": trial.suggest_float("alpha_factor", *self.settings.alpha_range, log=True),
             "noise_ratio": trial.suggest_float("noise_ratio", 0.0, 0.5),
             **({"keyword_robust": trial.suggest_categorical("keyword_robust", [False, True])}
                if self.settings.keyword_weight > 0 else {}),
         }
 
     def rule_params(self) -> dict:
-        """The scale rule with no search: the first trial of a new study."""
+        """The scale rule with no search: the first trial of a new study (its factors brought into
+        ranges that exclude them: Optuna would warn and run a value its distribution cannot hold)."""
         method = self.base_values.get("method", "adaptive")
         return {"method": method if method in self.settings.methods else self.settings.methods[0],
-                "layer": self.base_layer, "steps": self.max_steps, "coeff_ratio": scale.COEFF_RATIO,
-                "lr_factor": 1.0, "alpha_factor": 1.0, "noise_ratio": 0.0,
+                "layer": self.base_layer, "steps": self.max_steps, "noise_ratio": 0.0,
+                **{name: tune_ranges.clamp(value, getattr(self.settings, tune_ranges.RANGES[name][0]))
+                   for name, value in _RULE_FACTORS.items()},
                 **({"keyword_robust": False} if self.settings.keyword_weight > 0 else {})}
+
+    def rule_note(self) -> dict:
+        """The first trial's user attributes: a note when a range moved the rule's factors into it."""
+        params = self.rule_params()
+        moved = [f"{name} {value:g} -> {params[name]:g} ({tune_ranges.RANGES[name][1]})"
+                 for name, value in _RULE_FACTORS.items() if params[name] != value]
+        return {"note": "the scale rule, brought into the ranges: " + ", ".join(moved)} if moved else {}
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return {field: tuple(getattr(self.settings, field)) for field, _ in tune_ranges.RANGES.values()}
+
+    def steps_cap(self) -> int | None:
+        """One pass over the forget corpus (the engine runs no more steps); None when it cannot be read."""
+        from rmu.engine import corpus_steps
+
+        try:
+            return corpus_steps(make_config(self.base_values))
+        except (ConfigError, UnlearnError, OSError, ValueError):
+            return None
 
     def objective(self, trial) -> float:
         import optuna
@@ -406,6 +444,9 @@ def _study_settings(settings: TuneSettings) -> dict:
             if k not in ("trials", "timeout", "seeds", "select_top", "storage", "prune")}
     if settings.keyword_templates is None:  # studies begun before --keyword-template existed continue
         keep.pop("keyword_templates")
+    for field, _ in tune_ranges.RANGES.values():  # ... and those begun before the ranges could be set
+        if tuple(getattr(settings, field)) == getattr(TuneSettings, field):
+            keep.pop(field)
     return keep
 
 
@@ -431,6 +472,9 @@ def _study_differences(saved: dict, current: dict) -> list[str]:
     changed = [k for k in set(saved["base"]) | set(current["base"]) if saved["base"].get(k) != current["base"].get(k)]
     old_inputs, new_inputs = saved.get("inputs", {}), current.get("inputs", {})
     changed += [f"{k} (its contents)" for k in set(old_inputs) | set(new_inputs) if old_inputs.get(k) != new_inputs.get(k)]
+    old_settings, new_settings = saved.get("settings", {}), current.get("settings", {})
+    changed += [f"{k} (was {old_settings.get(k, 'the default')}, now {new_settings.get(k, 'the default')})"
+                for k in set(old_settings) | set(new_settings) if old_settings.get(k) != new_settings.get(k)]
     return sorted(changed)
 
 
@@ -460,6 +504,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         raise TuneError("--trials and --seeds must be at least 1")
     check_select_top(settings)
     check_keyword_templates(settings)
+    check_ranges(settings)
     make_config(values)  # a bad base configuration fails here, before the model is loaded
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -489,7 +534,8 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
         saved = study.user_attrs.get("fingerprint")
         if saved is None:
             study.set_user_attr("fingerprint", current)
-            study.enqueue_trial(tuner.rule_params())  # a new study starts from the scale rule
+            # a new study starts from the scale rule
+            study.enqueue_trial(tuner.rule_params(), user_attrs=tuner.rule_note())
             if settings.keyword_weight > 0:  # ... and the rule with --keyword-robust
                 study.enqueue_trial({**tuner.rule_params(), "keyword_robust": True})
         else:
@@ -606,7 +652,7 @@ def _least_violating(study):
 def _trial_record(trial) -> dict:
     return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
             **{k: trial.user_attrs.get(k) for k in ("settings", "scores", "constraints", "half_way", "health",
-                                                   "seconds", "worker", "error")}}
+                                                   "seconds", "worker", "error", "note")}}
 
 
 def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, started: float) -> dict:
@@ -634,6 +680,9 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
         _write_best_yaml(tuner.output / BEST_FILE, config, best, feasible)
         summary["best"] = _trial_record(best)
         summary["seeds"] = _rerun_seeds(tuner, values, held_out, settings.seeds)
+        # a best at an edge of its range may have a better neighbour outside it (issue #11)
+        summary["range_edges"] = tune_ranges.range_edges(best.params, tuner.ranges(), tuner.max_steps,
+                                                         tuner.steps_cap())
     from rmu import plots
 
     plots.save_figure(plot_pareto(trials, tuner.baseline, tuner.scorer.chance, settings.max_retain_drop,
@@ -961,7 +1010,7 @@ class TuneStudy(Experiment):
         return ["base model: " + ", ".join(f"{k} {v:.4g}" for k, v in base.items()),
                 f"chance (forget questions): {data.get('chance'):.3f}",
                 "trials: " + ", ".join(f"{n} {state.lower()}" for state, n in (data.get("trials") or {}).items() if n),
-                f"minutes: {data.get('minutes')}"]
+                f"minutes: {data.get('minutes')}", *tune_ranges.edge_lines(data.get("range_edges") or [])]
 
     def summary(self, data: dict) -> list[str]:
         base = data["baseline"]
@@ -984,7 +1033,7 @@ class TuneStudy(Experiment):
                              f"+- {block['retain_accuracy']['std']:.3f}")
         if data.get("selection"):
             lines += _selection_lines(data["selection"])
-        return lines
+        return lines + tune_ranges.edge_lines(data.get("range_edges") or [])
 
 
 _SETTING_COLUMNS = ["method", "layer", "steps", "lr", "alpha", "c or beta", "noise", "keyword-robust"]

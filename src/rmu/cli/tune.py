@@ -20,6 +20,28 @@ _AS_A_STUDY = {
 }
 
 
+def _search_range(context, parameter, text):
+    from rmu.tune_ranges import parse_range
+
+    try:
+        return parse_range(text, "--" + parameter.name.replace("_", "-"))
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _range_options(function):
+    """--lr-range, --alpha-range, --coeff-range (issue #11): the study's search ranges, factors of the rule."""
+    from rmu.tune_ranges import ALPHA_RANGE, COEFF_RANGE, LR_RANGE
+
+    for name, default, what in (("coeff_range", COEFF_RANGE, "c / the layer's forget norm (rmu) or beta (adaptive)"),
+                                ("alpha_range", ALPHA_RANGE, "alpha as a factor of the scale rule's alpha"),
+                                ("lr_range", LR_RANGE, "lr as a factor of the scale rule's lr")):
+        function = click.option("--" + name.replace("_", "-"), name, metavar="LOW,HIGH", callback=_search_range,
+                                default=f"{default[0]:g},{default[1]:g}", show_default=True,
+                                help=f"Search range of {what} (log scale).")(function)
+    return function
+
+
 @click.command("tune")
 @run_options("config_file", "model", "forget", "retain", changes=_AS_A_STUDY)
 @click.option("--forget-questions", "forget_tasks", multiple=True, required=True, metavar="FILE_OR_NAME",
@@ -58,6 +80,7 @@ _AS_A_STUDY = {
               help="--keyword-weight: a sentence with {keyword} put before each retain question, e.g. "
                    "'{keyword} is a chemical element.' (repeatable; default: three held-out phrasings of "
                    "rmu attack keywords that do not name the topic).")
+@_range_options
 @run_options("steps", "layer", "method", *_FIXED, changes=_AS_A_STUDY)
 @click.option("--scoring", type=click.Choice(SCORINGS), default="cloze", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions of each file.")
@@ -68,7 +91,7 @@ _AS_A_STUDY = {
 def command(config_file, forget, retain, forget_tasks, retain_tasks, general_text, trials, timeout, max_retain_drop,
             max_perplexity_rise, storage, study_name, seeds, select_top, holdout, layers_text, methods, no_pruning,
             keyword_weight, keywords_file, keyword_templates, scoring, limit,
-            eval_batch_size, output, quiet, layer, method, **flags):
+            eval_batch_size, output, quiet, layer, method, lr_range, alpha_range, coeff_range, **flags):
     """Search unlearning settings that forget the topic and keep the rest (Optuna, resumable)."""
     from rmu.tune import TuneSettings, TuneStudy, tune
 
@@ -83,7 +106,7 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
         eval_batch_size=eval_batch_size, holdout=holdout, storage=storage, study_name=study_name,
         prune=not no_pruning, keyword_weight=keyword_weight, keywords=keywords_file,
         keyword_templates=tuple(keyword_templates) or None,
-        select_top=select_top)
+        select_top=select_top, lr_range=lr_range, alpha_range=alpha_range, coeff_range=coeff_range)
     summary = tune(base, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, general_text=general_text,
                    settings=settings, progress=not quiet)
     for line in TuneStudy().summary(summary):
