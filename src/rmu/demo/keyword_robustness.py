@@ -66,6 +66,11 @@ VARIANTS = {
     "adaptive+kr-mask-bi-f-rw0.3": ROBUST | BEFORE_INSIDE | FOCUS | {"keyword_retain_weight": 0.3},
     "adaptive+kr-mask-bi-f0.25": ROBUST | BEFORE_INSIDE | FOCUS | {"keyword_fraction": 0.25},
     "adaptive+kr-mask-bi-w8": ROBUST | BEFORE_INSIDE | {"keyword_window": 8},
+    # the attention weights of the updated layers trained too (issue #12: telling "this sentence is about
+    # an animal" from "an animal was named before" is attention's work; the published method trains the MLP)
+    "adaptive-attn": {"method": "adaptive", "params": ["mlp-out", "attn"]},
+    "adaptive-attn+kr-mask": ROBUST | {"params": ["mlp-out", "attn"]},
+    "adaptive-attn+kr-mask-f": ROBUST | FOCUS | {"params": ["mlp-out", "attn"]},
     "adaptive-per-sample": {"method": "adaptive", "adaptive_rule": "per-sample"},
     "adaptive-per-sample+kr": {"method": "adaptive", "adaptive_rule": "per-sample"} | KR,
 }
