@@ -12,8 +12,11 @@ import yaml
 from click.testing import CliRunner
 
 from rmu.cli import main
+from rmu.config import make_config
+from rmu.engine import corpus_steps
 from rmu.tune import (HOLDOUT_NOT_USED, RULE_EVERY_SEED, RULE_LEAST_VIOLATING, RULE_ON_MEAN, TuneSettings, _choose,
                       tune)
+from rmu.tune_ranges import range_edges
 from test_tune import tune_args, workspace  # noqa: F401 (the tiny workspace fixture)
 
 BASE = {"forget_accuracy": 0.8, "retain_accuracy": 0.9}
@@ -99,6 +102,11 @@ def test_two_trials_on_two_seeds_choose_by_the_tuning_half_mean_not_the_held_out
     best = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())
     assert best["lr"] == summary["best"]["settings"]["lr"]
     assert "# Chosen among the 2 best trials rerun on 2 seeds (42, 43)" in (tmp_path / "s" / "best.yaml").read_text()
+    # The edge warning reads the chosen trial, as it reads the single-seed best without --select-top.
+    base = summary["settings"]["base"]
+    ranges = {field: getattr(TuneSettings, field) for field in ("lr_range", "alpha_range", "coeff_range")}
+    assert summary["range_edges"] == range_edges(summary["best"]["params"], ranges, base["steps"],
+                                                 corpus_steps(make_config(base)))
 
 
 def test_reruns_are_kept_in_the_study_and_only_new_seeds_run(workspace, scripted, tmp_path):

@@ -74,7 +74,7 @@ from rmu import fingerprint, scale, tune_ranges
 from rmu.analysis.common import load_full_model, read_json, write_json
 from rmu.analysis.sweeps import sweep_inputs
 from rmu.config import ConfigError, UnlearnConfig, make_config
-from rmu.engine import UnlearnError, calibrate, unlearn
+from rmu.engine import UnlearnError, calibrate, corpus_steps, unlearn
 from rmu.errors import RmuError
 from rmu.eval import evaluate, perplexity
 from rmu.eval.tasks import Task, load_task
@@ -371,8 +371,6 @@ class _Tuner:
 
     def steps_cap(self) -> int | None:
         """One pass over the forget corpus (the engine runs no more steps); None when it cannot be read."""
-        from rmu.engine import corpus_steps
-
         try:
             return corpus_steps(make_config(self.base_values))
         except (ConfigError, UnlearnError, OSError, ValueError):
@@ -669,17 +667,16 @@ def _write_outputs(study, tuner: _Tuner, held_out, settings: TuneSettings, start
         "max_retain_drop": settings.max_retain_drop, "max_perplexity_rise": settings.max_perplexity_rise,
         "holdout": settings.holdout,
     }
-    if best is not None and settings.select_top > 1:
-        best, summary["seeds"], summary["selection"] = _select_across_seeds(study, tuner, held_out, settings)
-        summary["best"] = _trial_record(best)
-        _write_best_yaml(tuner.output / BEST_FILE, make_config(tuner.trial_values(best.params)), best, feasible,
-                         summary["selection"])
-    elif best is not None:
+    if best is not None:
+        selection = None
+        if settings.select_top > 1:  # the best of several on several seeds, with its reruns
+            best, summary["seeds"], selection = _select_across_seeds(study, tuner, held_out, settings)
+            summary["selection"] = selection
         values = tuner.trial_values(best.params)
-        config = make_config(values)
-        _write_best_yaml(tuner.output / BEST_FILE, config, best, feasible)
+        _write_best_yaml(tuner.output / BEST_FILE, make_config(values), best, feasible, selection)
         summary["best"] = _trial_record(best)
-        summary["seeds"] = _rerun_seeds(tuner, values, held_out, settings.seeds)
+        if selection is None:
+            summary["seeds"] = _rerun_seeds(tuner, values, held_out, settings.seeds)
         # a best at an edge of its range may have a better neighbour outside it (issue #11)
         summary["range_edges"] = tune_ranges.range_edges(best.params, tuner.ranges(), tuner.max_steps,
                                                          tuner.steps_cap())
