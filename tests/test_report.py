@@ -172,8 +172,9 @@ def test_report_of_a_tuning_study_old_and_new(workspace, tmp_path):
     assert [row[:3] for row in rows] == [[str(t["number"]), t["state"], t["settings"]["method"]] for t in trials]
     best = table_rows(page, "|  | trial | method")
     assert best[0][1] == str(summary["best"]["number"])
-    assert best[0][-3:-1] == [g(summary["best"]["scores"]["forget_accuracy"]),
-                              g(summary["best"]["scores"]["retain_accuracy"])]
+    scores = summary["best"]["scores"]
+    assert best[0][-4:-1] == [g(scores["forget_accuracy"]), g(scores["forget_probability"]),
+                              g(scores["retain_accuracy"])]
     # A study written before summary.json carried its kind is found by the file's name.
     old = {k: v for k, v in summary.items() if k not in ("kind", "settings")}
     (out / "summary.json").write_text(json.dumps(old))

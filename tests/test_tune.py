@@ -60,7 +60,7 @@ def test_three_trial_study_writes_every_output_and_best_yaml_runs(workspace, tmp
         assert trial["state"] in ("COMPLETE", "PRUNED") and trial["seconds"] > 0
         assert set(trial["settings"]) >= {"method", "layer", "steps", "lr", "alpha", "noise"}
         if trial["state"] == "COMPLETE":
-            assert set(trial["scores"]) == {"forget_accuracy", "retain_accuracy", "perplexity"}
+            assert set(trial["scores"]) == {"forget_accuracy", "forget_probability", "retain_accuracy", "perplexity"}
             assert len(trial["constraints"]) == 2  # retain floor and perplexity rise
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"]["perplexity"] > 0 and summary["chance"] == 0.25
@@ -184,7 +184,8 @@ def test_a_study_with_a_keyword_weight_tries_keyword_robust_and_scores_the_keywo
     assert [t["params"]["keyword_robust"] for t in trials["trials"]] == [False, True]
     assert [bool(t["settings"].get("keyword_robust")) for t in trials["trials"]] == [False, True]
     for trial in trials["trials"]:
-        assert set(trial["scores"]) == {"forget_accuracy", "retain_accuracy", "retain_keyword_accuracy"}
+        assert set(trial["scores"]) == {"forget_accuracy", "forget_probability", "retain_accuracy",
+                                        "retain_keyword_accuracy"}
     best = yaml.safe_load((out / "best.yaml").read_text())
     chosen = json.loads((out / "summary.json").read_text())["best"]
     assert bool(best.get("keyword_robust")) == bool(chosen["params"]["keyword_robust"])

@@ -188,7 +188,8 @@ def test_cli_round_trip_on_a_tiny_model(workspace, tmp_path):
     for c in selection["candidates"]:
         # The first seed runs again for the held-out half; runs are deterministic, so its tuning-half
         # scores are the trial's own.
-        first = {k: v for k, v in c["runs"][0].items() if k in ("forget_accuracy", "retain_accuracy")}
+        first = {k: v for k, v in c["runs"][0].items()
+                 if k in ("forget_accuracy", "forget_probability", "retain_accuracy")}
         assert first == trials[c["trial"]]["scores"]
         assert c["settings"] == trials[c["trial"]]["settings"]
     assert yaml.safe_load((out / "best.yaml").read_text())["lr"] == trials[selection["chosen"]]["settings"]["lr"]

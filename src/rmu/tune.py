@@ -4,7 +4,10 @@ The model is loaded once. Each trial puts the original weights back, unlearns wi
 settings (:func:`rmu.engine.unlearn`, in memory), and scores the model on the given questions
 (:func:`rmu.eval.evaluate`). The goal and the constraint:
 
-* objective (minimised): |forget accuracy - chance| + ``RETAIN_WEIGHT`` x max(0, base retain - retain),
+* objective (minimised): |forget accuracy - chance| + ``RETAIN_WEIGHT`` x max(0, base retain - retain)
+  (with ``forget_measure`` "probability", issue #11: |mean answer probability - chance| in its first term,
+  where a question's answer probability is the softmax over its choices of the scores the scoring rule
+  decides by, :func:`rmu.eval.scoring.answer_probability`; accuracy is kept in every record),
   plus, with ``keyword_weight`` w > 0 (issue #12), w x max(0, keyword drop - the base model's keyword
   drop), where the keyword drop is retain accuracy minus retain accuracy with a forget keyword
   sentence before each retain question (the three held-out templates of ``rmu attack keywords``,
@@ -77,6 +80,7 @@ from rmu.config import ConfigError, UnlearnConfig, make_config
 from rmu.engine import UnlearnError, calibrate, corpus_steps, unlearn
 from rmu.errors import RmuError
 from rmu.eval import evaluate, perplexity
+from rmu.eval.scoring import answer_probability
 from rmu.eval.tasks import Task, load_task
 from rmu.experiments.base import Experiment, Settings, Table
 from rmu.outputs import writes_folder
@@ -130,6 +134,10 @@ class TuneSettings:
     lr_range: tuple[float, float] = tune_ranges.LR_RANGE
     alpha_range: tuple[float, float] = tune_ranges.ALPHA_RANGE
     coeff_range: tuple[float, float] = tune_ranges.COEFF_RANGE
+    # --forget-measure (issue #11): what the objective's forget term measures. "accuracy" stops rewarding a
+    # trial once its tuning-half accuracy reaches chance, whatever the model still knows below the argmax;
+    # "probability" (the mean answer probability) keeps rewarding the trial that leaves less knowledge
+    forget_measure: str = "accuracy"
 
 
 # ---- questions -------------------------------------------------------------------------------------
@@ -223,14 +231,26 @@ class _Scorer:
         self.settings = settings
         self.chance = _chance(self.forget)
 
-    def _accuracy(self, tasks: list[Task]) -> float:
-        results = evaluate(self.model, self.tokenizer, tasks, scoring=self.settings.scoring,
-                           batch_size=self.settings.eval_batch_size, progress=False)
+    def _results(self, tasks: list[Task]) -> dict:
+        return evaluate(self.model, self.tokenizer, tasks, scoring=self.settings.scoring,
+                        batch_size=self.settings.eval_batch_size, progress=False)
+
+    def _accuracy(self, tasks: list[Task], results: dict | None = None) -> float:
+        results = results if results is not None else self._results(tasks)
         count = sum(r.count for r in results.values())
         return sum(r.accuracy * r.count for r in results.values()) / count
 
+    def _answer_probability(self, tasks: list[Task], results: dict) -> float:
+        """The mean over every question of the weight the scoring rule puts on its answer."""
+        values = [answer_probability(question, prediction.loglikelihoods, self.settings.scoring)
+                  for task in tasks for question, prediction in zip(task.questions, results[task.name].predictions)]
+        return sum(values) / len(values)
+
     def __call__(self, with_perplexity: bool = True) -> dict:
-        scores = {"forget_accuracy": self._accuracy(self.forget), "retain_accuracy": self._accuracy(self.retain)}
+        forget = self._results(self.forget)
+        scores = {"forget_accuracy": self._accuracy(self.forget, forget),
+                  "forget_probability": self._answer_probability(self.forget, forget),
+                  "retain_accuracy": self._accuracy(self.retain)}
         if self.retain_keyword:
             scores["retain_keyword_accuracy"] = self._accuracy(self.retain_keyword)
         if with_perplexity and self.general_text:
@@ -241,9 +261,13 @@ class _Scorer:
 
 # ---- the objective and the constraint -------------------------------------------------------------
 
-def objective_value(scores: dict, base: dict, chance: float, keyword_weight: float = 0.0) -> float:
-    value = abs(scores["forget_accuracy"] - chance) + RETAIN_WEIGHT * max(0.0, base["retain_accuracy"]
-                                                                          - scores["retain_accuracy"])
+FORGET_MEASURES = {"accuracy": "forget_accuracy", "probability": "forget_probability"}
+
+
+def objective_value(scores: dict, base: dict, chance: float, keyword_weight: float = 0.0,
+                    forget_measure: str = "accuracy") -> float:
+    forget = scores[FORGET_MEASURES[forget_measure]]
+    value = abs(forget - chance) + RETAIN_WEIGHT * max(0.0, base["retain_accuracy"] - scores["retain_accuracy"])
     if keyword_weight > 0:
         value += keyword_weight * max(0.0, keyword_drop(scores) - keyword_drop(base))
     return value
@@ -392,8 +416,7 @@ class _Tuner:
             scores = self.scorer(with_perplexity=False)
             trial.set_user_attr("half_way", scores)
             # One common step (percent of the run), so trials of any length compare in Optuna's records.
-            trial.report(objective_value(scores, self.baseline, self.scorer.chance, self.settings.keyword_weight),
-                         HALF_WAY)
+            trial.report(self.objective_of(scores), HALF_WAY)
             if hopeless(scores, self.baseline, self.settings):
                 _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
                 raise optuna.TrialPruned(f"pruned at step {middle}: retain accuracy {scores['retain_accuracy']:.3f}")
@@ -413,7 +436,11 @@ class _Tuner:
             self.restore()
         trial.set_user_attr("scores", scores)
         _set_constraints(trial, constraint_values(scores, self.baseline, self.settings))
-        return objective_value(scores, self.baseline, self.scorer.chance, self.settings.keyword_weight)
+        return self.objective_of(scores)
+
+    def objective_of(self, scores: dict) -> float:
+        return objective_value(scores, self.baseline, self.scorer.chance, self.settings.keyword_weight,
+                               self.settings.forget_measure)
 
 
 def _settings_of(values: dict) -> dict:
@@ -445,6 +472,8 @@ def _study_settings(settings: TuneSettings) -> dict:
     for field, _ in tune_ranges.RANGES.values():  # ... and those begun before the ranges could be set
         if tuple(getattr(settings, field)) == getattr(TuneSettings, field):
             keep.pop(field)
+    if settings.forget_measure == TuneSettings.forget_measure:  # ... and before --forget-measure
+        keep.pop("forget_measure")
     return keep
 
 
@@ -861,12 +890,12 @@ def _candidate(selection: dict, number: int) -> dict:
 
 def _candidate_record(trial, seeds: list[int], found: dict, tuner: _Tuner) -> dict:
     """A candidate's tuning-half scores per seed, their objective and constraints, and the means."""
-    settings, base, chance = tuner.settings, tuner.baseline, tuner.scorer.chance
+    settings, base = tuner.settings, tuner.baseline
     runs = []
     for seed in seeds:
         scores = found[trial.number, seed]["scores"]
         constraints = constraint_values(scores, base, settings)
-        runs.append({"seed": seed, **scores, "objective": objective_value(scores, base, chance, settings.keyword_weight),
+        runs.append({"seed": seed, **scores, "objective": tuner.objective_of(scores),
                      "constraints": constraints, "feasible": _feasible(constraints),
                      "source": found[trial.number, seed]["source"]})
     means = {k: block["mean"] for k, block in _mean_std(runs).items()}
@@ -981,7 +1010,8 @@ class TuneStudy(Experiment):
                      None if not t.get("constraints") else "yes" if all(c <= 0 for c in t["constraints"]) else "no",
                      t.get("health")] for t in records]
             tables.append(Table(["trial", "state", *_SETTING_COLUMNS, "retain acc, keyword",
-                                 "forget acc", "retain acc", "perplexity", "objective", "feasible", "health"], rows, "Trials"))
+                                 "forget acc", "forget answer p", "retain acc", "perplexity", "objective", "feasible",
+                                 "health"], rows, "Trials"))
         best = data.get("best")
         if best is not None:
             label = "best" if data.get("feasible") else "least violating (no trial met the constraint)"
@@ -995,8 +1025,8 @@ class TuneStudy(Experiment):
                     rows.append([f"{name}, {len(seeds['runs'])} seed(s)", best["number"], *[None] * len(_SETTING_COLUMNS),
                                  *[f"{block[k]['mean']:.3f} +- {block[k]['std']:.3f}" if k in block else None
                                    for k in _SCORES]])
-            tables.append(Table(["", "trial", *_SETTING_COLUMNS, "retain acc, keyword", "forget acc", "retain acc",
-                                 "perplexity"], rows,
+            tables.append(Table(["", "trial", *_SETTING_COLUMNS, "retain acc, keyword", "forget acc",
+                                 "forget answer p", "retain acc", "perplexity"], rows,
                                 "Best settings"))
         if data.get("selection"):
             tables.append(_selection_table(data["selection"]))
@@ -1019,8 +1049,9 @@ class TuneStudy(Experiment):
             return lines + ["no trial finished"]
         scores = best["scores"]
         verdict = "best" if data["feasible"] else "no trial met the constraint; least violating"
-        lines.append(f"{verdict}: trial {best['number']} {best['settings']}: forget {scores['forget_accuracy']:.3f}, "
-                     f"retain {scores['retain_accuracy']:.3f}")
+        answer_p = f" (answer p {scores['forget_probability']:.3f})" if "forget_probability" in scores else ""
+        lines.append(f"{verdict}: trial {best['number']} {best['settings']}: forget {scores['forget_accuracy']:.3f}"
+                     f"{answer_p}, retain {scores['retain_accuracy']:.3f}")
         seeds = data.get("seeds") or {}
         for label, block in (("rerun", seeds), ("held-out questions", seeds.get("holdout") or {})):
             if "forget_accuracy" in block:
@@ -1035,7 +1066,7 @@ class TuneStudy(Experiment):
 
 _SETTING_COLUMNS = ["method", "layer", "steps", "lr", "alpha", "c or beta", "noise", "keyword-robust"]
 # The keyword score first: the tables end with forget, retain accuracy and perplexity, as before it existed.
-_SCORES = ("retain_keyword_accuracy", "forget_accuracy", "retain_accuracy", "perplexity")
+_SCORES = ("retain_keyword_accuracy", "forget_accuracy", "forget_probability", "retain_accuracy", "perplexity")
 
 
 def _settings_cells(settings: dict) -> list:

@@ -80,6 +80,12 @@ def _range_options(function):
               help="--keyword-weight: a sentence with {keyword} put before each retain question, e.g. "
                    "'{keyword} is a chemical element.' (repeatable; default: three held-out phrasings of "
                    "rmu attack keywords that do not name the topic).")
+# --forget-measure (issue #11)
+@click.option("--forget-measure", type=click.Choice(["accuracy", "probability"]), default="accuracy",
+              show_default=True,
+              help="What the objective's forget term measures on the tuning half: accuracy, or the mean weight the "
+                   "scoring rule puts on the right answer (softmax over the choices), which keeps rewarding settings "
+                   "that leave less knowledge once accuracy is at chance. Accuracy is recorded either way.")
 @_range_options
 @run_options("steps", "layer", "method", *_FIXED, changes=_AS_A_STUDY)
 @click.option("--scoring", type=click.Choice(SCORINGS), default="cloze", show_default=True)
@@ -91,7 +97,8 @@ def _range_options(function):
 def command(config_file, forget, retain, forget_tasks, retain_tasks, general_text, trials, timeout, max_retain_drop,
             max_perplexity_rise, storage, study_name, seeds, select_top, holdout, layers_text, methods, no_pruning,
             keyword_weight, keywords_file, keyword_templates, scoring, limit,
-            eval_batch_size, output, quiet, layer, method, lr_range, alpha_range, coeff_range, **flags):
+            eval_batch_size, output, quiet, layer, method, lr_range, alpha_range, coeff_range, forget_measure,
+            **flags):
     """Search unlearning settings that forget the topic and keep the rest (Optuna, resumable)."""
     from rmu.tune import TuneSettings, TuneStudy, tune
 
@@ -106,7 +113,8 @@ def command(config_file, forget, retain, forget_tasks, retain_tasks, general_tex
         eval_batch_size=eval_batch_size, holdout=holdout, storage=storage, study_name=study_name,
         prune=not no_pruning, keyword_weight=keyword_weight, keywords=keywords_file,
         keyword_templates=tuple(keyword_templates) or None,
-        select_top=select_top, lr_range=lr_range, alpha_range=alpha_range, coeff_range=coeff_range)
+        select_top=select_top, lr_range=lr_range, alpha_range=alpha_range, coeff_range=coeff_range,
+        forget_measure=forget_measure)
     summary = tune(base, output, forget_tasks=forget_tasks, retain_tasks=retain_tasks, general_text=general_text,
                    settings=settings, progress=not quiet)
     for line in TuneStudy().summary(summary):

@@ -8,6 +8,7 @@ Ties go to the first choice, as ``numpy.argmax``.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from rmu.eval.results import Prediction, TaskResult
@@ -27,6 +28,16 @@ def decision_scores(loglikelihoods: Sequence[float], choice_texts: Sequence[str]
 def choice_scores(question: Question, loglikelihoods: Sequence[float], scoring: str) -> list[float]:
     """:func:`decision_scores` for a question's own choices."""
     return decision_scores(loglikelihoods, question.choices, scoring)
+
+
+def answer_probability(question: Question, loglikelihoods: Sequence[float], scoring: str) -> float:
+    """The weight the decision rule puts on the right answer: the softmax, over the question's
+    choices, of the scores the prediction maximises (1 / number of choices when the model has no
+    preference). Unlike accuracy it also sees how sure the model still is where it answers right."""
+    scores = choice_scores(question, loglikelihoods, scoring)
+    top = max(scores)
+    weights = [math.exp(score - top) for score in scores]
+    return weights[question.answer] / sum(weights)
 
 
 def argmax(values: Sequence[float]) -> int:
