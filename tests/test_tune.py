@@ -308,3 +308,23 @@ def test_a_study_begun_before_a_new_option_continues_while_that_option_is_set_as
     assert result.exit_code == 0, result.output
     changed = CliRunner().invoke(main, tune_args(workspace, out, "--trials", "3", "--loss-dims", "informative"))
     assert changed.exit_code != 0 and "loss_dims" in changed.output
+
+
+def test_the_pareto_plot_draws_the_floor_chance_base_and_the_best_trial():
+    from rmu.tune import plot_pareto
+
+    trials = [{"number": 0, "scores": {"forget_accuracy": 0.5, "retain_accuracy": 0.9}, "constraints": [-0.01]},
+              {"number": 1, "scores": {"forget_accuracy": 0.3, "retain_accuracy": 0.7}, "constraints": [0.15]},
+              {"number": 2, "scores": {"forget_accuracy": 0.27, "retain_accuracy": 0.88}, "constraints": [-0.03]},
+              {"number": 3, "state": "PRUNED"}]
+    figure = plot_pareto(trials, {"forget_accuracy": 0.8, "retain_accuracy": 0.9}, 0.25, 0.05, best=2)
+    ax = figure.axes[0]
+    labels = {text.get_text() for text in ax.get_legend().get_texts()}
+    assert labels == {"feasible", "violates the constraint", "retain floor (base - 0.05)", "chance", "base model",
+                      "best (trial 2)"}
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["retain floor (base - 0.05)"].get_ydata()[0] == pytest.approx(0.85)
+    assert lines["chance"].get_xdata()[0] == pytest.approx(0.25)
+    points = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert points["feasible"] == [[0.5, 0.9], [0.27, 0.88]] and points["violates the constraint"] == [[0.3, 0.7]]
+    assert points["best (trial 2)"] == [[0.27, 0.88]] and points["base model"] == [[0.8, 0.9]]

@@ -73,3 +73,4 @@ def test_a_study_on_accuracy_keeps_the_fingerprint_of_studies_begun_before_the_o
     assert CliRunner().invoke(main, tune_args(workspace, out, "--trials", "1")).exit_code == 0
     study = optuna.load_study(study_name="rmu-tune", storage=f"sqlite:///{out / 'study.db'}")
     assert "forget_measure" not in study.user_attrs["fingerprint"]["settings"]
+
