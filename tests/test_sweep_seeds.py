@@ -65,3 +65,18 @@ def test_layer_sweep_with_one_seed_is_unchanged(workspace, tmp_path):
                        retain_tasks=[workspace / "questions.jsonl"], methods=["rmu"], model=model, tokenizer=tokenizer,
                        progress=False, seeds=2)
     assert len(two["points"][0]["seeds"]) == 2 and "forget_accuracy_std" in two["points"][0]
+
+
+def test_the_layer_plot_draws_the_std_over_seeds_as_error_bars():
+    points = [{"method": "rmu", "layer": layer, "forget_accuracy": forget, "forget_accuracy_std": forget_std,
+               "retain_accuracy": 0.8, "retain_accuracy_std": 0.02}
+              for layer, forget, forget_std in ((4, 0.3, 0.1), (2, 0.5, 0.05))]
+    data = {"settings": {"methods": ["rmu"]}, "points": points, "baseline": {"forget_accuracy": 0.8}}
+
+    def half_heights(figure):
+        return [[(segment[1, 1] - segment[0, 1]) / 2 for segment in ax.containers[0].lines[2][0].get_segments()]
+                for ax in figure.axes]
+
+    assert half_heights(plots.plot_layer_sweep(data)) == [pytest.approx([0.05, 0.1]), pytest.approx([0.02, 0.02])]
+    one_seed = {**data, "points": [{k: v for k, v in p.items() if not k.endswith("_std")} for p in points]}
+    assert all(not ax.containers[0].has_yerr for ax in plots.plot_layer_sweep(one_seed).axes)
