@@ -15,7 +15,9 @@ settings of ``rmu tune --loss-dims informative`` on Gemma 3 270M / elements, doc
 adaptive-inf-tuned-alpha2x+kr-mask (the same with twice its alpha),
 adaptive-inf-tuned+kr-mask-fraction0.25 (a quarter of the retain documents augmented),
 adaptive-an-tuned(+kr-mask, +kr-mask-fraction0.25) (the best settings of ``rmu tune`` on Gemma 3 270M /
-animals, docs/tuning.md "Search ranges"; run them with the animals topic's ``--data``), rmu-an-tuned(+kr-mask)
+animals, docs/tuning.md "Search ranges"; run them with the animals topic's ``--data``),
+adaptive-an-tuned+kr-mask-f, adaptive-an-tuned+kr-mask-bi-f (the same with ``--keyword-forget-focus``, and with
+``--keyword-positions before,inside`` too), rmu-an-tuned(+kr-mask)
 (the same lr, alpha, steps, noise and loss dimensions with RMU, c = 1.3 x the layer's forget norm on the
 informative dimensions, measured by the scale rule's calibration as ``rmu tune`` sets RMU's c), base (the
 model before unlearning). ``--model gemma3-270m``: Gemma 3 270M instead of SmolLM2 (prepared by
@@ -79,6 +81,11 @@ VARIANTS = {
     "adaptive-an-tuned+kr-mask": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK,
     "adaptive-an-tuned+kr-mask-fraction0.25": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK
     | {"keyword_fraction": 0.25},
+    # ... with the options that gave back some of SmolLM2's animals forgetting (docs/robustness.md, "Giving back")
+    "adaptive-an-tuned+kr-mask-f": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK
+    | {"keyword_forget_focus": True},
+    "adaptive-an-tuned+kr-mask-bi-f": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK
+    | {"keyword_forget_focus": True, "keyword_positions": ["before", "inside"]},
     "rmu-an-tuned": TUNED_GEMMA_ANIMALS | {"method": "rmu"},
     "rmu-an-tuned+kr-mask": TUNED_GEMMA_ANIMALS | {"method": "rmu"} | KR_MASK,
 }
