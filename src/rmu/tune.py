@@ -472,7 +472,7 @@ def _study_settings(settings: TuneSettings) -> dict:
     for field, _ in tune_ranges.RANGES.values():  # ... and those begun before the ranges could be set
         if tuple(getattr(settings, field)) == getattr(TuneSettings, field):
             keep.pop(field)
-    if settings.forget_measure == TuneSettings.forget_measure:  # ... and before --forget-measure
+    if settings.forget_measure == "accuracy":  # ... and before --forget-measure (they scored accuracy)
         keep.pop("forget_measure")
     return keep
 
