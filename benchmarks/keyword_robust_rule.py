@@ -96,7 +96,7 @@ def with_coefficient_ratio(config, ratio: float, model, tokenizer):
     """``config`` (RMU) with c = ``ratio`` x each topic's layer-l forget norm, measured by the scale rule's
     calibration over the dimensions the losses use (``--loss-dims``), and that calibration."""
     calibration = calibrate(config.model_copy(update={"auto": ["coeff"]}), model=model, tokenizer=tokenizer)
-    coefficients = [scale.significant(ratio * topic["forget_norm"], 4) for topic in calibration["topics"]]
+    coefficients = [scale.steering_coefficient(ratio, topic["forget_norm"]) for topic in calibration["topics"]]
     return config.model_copy(update={"steering_coeff": coefficients}), {
         "coeff_ratio": ratio, "steering_coeff": coefficients, "measured": calibration}
 

@@ -161,6 +161,11 @@ def significant(value: float, digits: int = 3) -> float:
     return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
 
 
+def steering_coefficient(ratio: float, forget_norm: float) -> float:
+    """RMU's c for a coefficient ratio: ``ratio`` x the layer's measured forget norm (4 significant digits)."""
+    return significant(ratio * forget_norm, 4)
+
+
 def _response(runner, trained: dict[str, torch.nn.Parameter], frozen, target: torch.Tensor,
               mask: torch.Tensor | None, real: torch.Tensor, dims: torch.Tensor | None = None) -> tuple[float, float]:
     """Per unit lr of a sign step (Adam's first step): how far h_l moves, and how much closer to c*u.
@@ -226,7 +231,7 @@ def calibrate(config, runner, trained: dict[str, torch.nn.Parameter], batches, v
         if config.method == "adaptive":
             coefficient = rules.first_batch_coefficient(betas[index], original, forget_mask)
         elif "coeff" in auto:
-            coefficient = significant(COEFF_RATIO * forget_norm, 4)
+            coefficient = steering_coefficient(COEFF_RATIO, forget_norm)
             coefficients[index] = coefficient
         else:
             coefficient = float(coefficients[index])

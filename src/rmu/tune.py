@@ -351,7 +351,8 @@ class _Tuner:
                       steps=steps, lr=scale.significant(params["lr_factor"] * rule_lr),
                       alpha=[scale.significant(params["alpha_factor"] * t["alpha"]) for t in topics])
         if params["method"] == "rmu":
-            values["steering_coeff"] = [scale.significant(params["coeff_ratio"] * t["forget_norm"], 4) for t in topics]
+            values["steering_coeff"] = [scale.steering_coefficient(params["coeff_ratio"], t["forget_norm"])
+                                        for t in topics]
         else:
             values["beta"] = scale.significant(params["coeff_ratio"], 4)
         retain_scale = min(t["retain_norm"] for t in topics) / math.sqrt(self.width)
