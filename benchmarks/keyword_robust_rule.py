@@ -47,6 +47,7 @@ TUNED_GEMMA_ELEMENTS = {"method": "adaptive", "layer": 7, "steps": 64, "lr": 7.5
 TUNED_GEMMA_ANIMALS = {"layer": 7, "update_layers": [5, 6, 7], "params": ["mlp-out"], "steps": 57, "lr": 1.83e-3,
                        "alpha": [10.5], "noise": 11.5, "loss_dims": "informative", "mask_first_token": True}
 KR_MASK = {"keyword_robust": True, "keyword_mask": True}
+ADAPTIVE_AN = TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3}  # the study's own method and beta
 # RMU variants whose c is this ratio x the layer's forget norm (the scale rule's measurement, over the loss's
 # dimensions), as `rmu tune` sets RMU's c for a coeff_ratio: the counterpart of Adaptive RMU's beta
 COEFF_RATIOS = {"rmu-an-tuned": 1.3, "rmu-an-tuned+kr-mask": 1.3}
@@ -77,14 +78,12 @@ VARIANTS = {
     "adaptive-inf-tuned+kr-mask-fraction0.25": TUNED_GEMMA_ELEMENTS | {"keyword_robust": True, "keyword_mask": True,
                                                                        "keyword_fraction": 0.25},
     # Gemma 3 270M: the best of `rmu tune` on animals (the topic nothing made Gemma forget before), and RMU at them
-    "adaptive-an-tuned": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3},
-    "adaptive-an-tuned+kr-mask": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK,
-    "adaptive-an-tuned+kr-mask-fraction0.25": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK
-    | {"keyword_fraction": 0.25},
+    "adaptive-an-tuned": ADAPTIVE_AN,
+    "adaptive-an-tuned+kr-mask": ADAPTIVE_AN | KR_MASK,
+    "adaptive-an-tuned+kr-mask-fraction0.25": ADAPTIVE_AN | KR_MASK | {"keyword_fraction": 0.25},
     # ... with the options that gave back some of SmolLM2's animals forgetting (docs/robustness.md, "Giving back")
-    "adaptive-an-tuned+kr-mask-f": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK
-    | {"keyword_forget_focus": True},
-    "adaptive-an-tuned+kr-mask-bi-f": TUNED_GEMMA_ANIMALS | {"method": "adaptive", "beta": 1.3} | KR_MASK
+    "adaptive-an-tuned+kr-mask-f": ADAPTIVE_AN | KR_MASK | {"keyword_forget_focus": True},
+    "adaptive-an-tuned+kr-mask-bi-f": ADAPTIVE_AN | KR_MASK
     | {"keyword_forget_focus": True, "keyword_positions": ["before", "inside"]},
     "rmu-an-tuned": TUNED_GEMMA_ANIMALS | {"method": "rmu"},
     "rmu-an-tuned+kr-mask": TUNED_GEMMA_ANIMALS | {"method": "rmu"} | KR_MASK,
