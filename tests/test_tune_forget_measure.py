@@ -66,6 +66,15 @@ def test_a_study_on_the_answer_probability_records_both_and_is_a_study_of_its_ow
     assert changed.exit_code != 0 and "forget_measure" in changed.output
 
 
+def test_an_unknown_measure_is_refused_before_the_model_loads(workspace, tmp_path):  # noqa: F811
+    from rmu.tune import TuneError, TuneSettings, tune
+
+    with pytest.raises(TuneError, match="--forget-measure 'prob': choose one of accuracy, probability"):
+        tune({"model": str(workspace / "missing-model"), "forget": {"f": str(workspace / "forget.jsonl")},
+              "retain": [str(workspace / "retain.txt")]}, tmp_path / "s", forget_tasks=[workspace / "forget_q.jsonl"],
+             retain_tasks=[workspace / "retain_q.jsonl"], settings=TuneSettings(forget_measure="prob"), progress=False)
+
+
 def test_a_study_on_accuracy_keeps_the_fingerprint_of_studies_begun_before_the_option(workspace, tmp_path):  # noqa: F811
     import optuna
 

@@ -197,6 +197,11 @@ def check_ranges(settings: TuneSettings) -> None:
             raise TuneError(problem)
 
 
+def check_forget_measure(settings: TuneSettings) -> None:
+    if settings.forget_measure not in FORGET_MEASURES:
+        raise TuneError(f"--forget-measure {settings.forget_measure!r}: choose one of {', '.join(FORGET_MEASURES)}")
+
+
 def check_keyword_templates(settings: TuneSettings) -> None:
     """``--keyword-template``: each a sentence with ``{keyword}`` and no other field, used with --keyword-weight."""
     if settings.keyword_templates is None:
@@ -533,6 +538,7 @@ def tune(base: dict | UnlearnConfig, output: str | Path, *, forget_tasks: Sequen
     check_select_top(settings)
     check_keyword_templates(settings)
     check_ranges(settings)
+    check_forget_measure(settings)
     make_config(values)  # a bad base configuration fails here, before the model is loaded
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
